@@ -1,0 +1,41 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from trustcard.config import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings, then connections, then blueprints.
+
+    `settings` defaults to the process environment; tests pass their own.
+    """
+    from trustcard.api import errors, health, requests, tasks
+    from trustcard.connections import web_redis
+    from trustcard.database import make_engine
+    from trustcard.tasks import TaskService
+
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        TRUSTCARD_SETTINGS=settings,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.getLogger("trustcard").setLevel(logging.INFO)
+
+    redis = web_redis(settings.redis_url)
+    app.extensions["trustcard.redis"] = redis
+    app.extensions["trustcard.engine"] = make_engine(settings.database_url)
+    app.extensions["trustcard.tasks"] = TaskService(redis, settings)
+
+    app.before_request(requests.refuse_oversized_body)
+    errors.init_app(app)
+    app.register_blueprint(tasks.bp)
+    app.register_blueprint(health.bp)
+    return app

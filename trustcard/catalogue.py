@@ -1,0 +1,71 @@
+"""The catalogue of job types: each declared once, with its queue, function and limits.
+
+The web enqueues by the dotted `function` path and never imports job code; workers
+run only functions named here (see `workers.worker`). The Procfile, compose.yaml and
+the worker settings take their queue names from `QUEUE_NAMES`, and a test proves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trustcard.params import AddParams, JobParams, NoParams, PostParams, SleepParams
+
+ANALYSIS_QUEUE = "analysis"
+
+
+@dataclass(frozen=True)
+class JobType:
+    """One kind of work. `None` limits mean "the settings' defaults"."""
+
+    name: str
+    function: str
+    params: type[JobParams]
+    summary: str
+    queue: str = ANALYSIS_QUEUE
+    soft_timeout: int | None = None
+    hard_timeout: int | None = None
+    result_ttl: int | None = None
+    retries: int = 0
+
+    @property
+    def route(self) -> str:
+        """The path under /tasks/ that submits this job type: `test.add` -> `test/add`."""
+        return self.name.replace(".", "/")
+
+
+JOB_TYPES: tuple[JobType, ...] = (
+    JobType(
+        name="test.add",
+        function="workers.test_jobs.add",
+        params=AddParams,
+        summary="Add two numbers; the result is their sum.",
+    ),
+    JobType(
+        name="test.sleep",
+        function="workers.test_jobs.sleep",
+        params=SleepParams,
+        summary='Sleep, then answer "Slept for N seconds".',
+    ),
+    JobType(
+        name="test.long",
+        function="workers.test_jobs.long_task",
+        params=NoParams,
+        summary="Run 10 s in the five analysis stages, reporting progress.",
+    ),
+    JobType(
+        name="analysis.process_post",
+        function="workers.analysis.process_post",
+        params=PostParams,
+        summary="Analyse an Instagram post (placeholder stages until real models exist).",
+    ),
+)
+
+BY_NAME: dict[str, JobType] = {job_type.name: job_type for job_type in JOB_TYPES}
+BY_FUNCTION: dict[str, JobType] = {job_type.function: job_type for job_type in JOB_TYPES}
+QUEUE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(job_type.queue for job_type in JOB_TYPES))
+
+
+def find_by_route(route: str) -> JobType | None:
+    """The job type submitted at /tasks/<route>, or None."""
+    return BY_NAME.get(route.strip("/").replace("/", "."))

@@ -1,0 +1,230 @@
+"""The task service: submit, read, cancel and list tasks, as plain data.
+
+This is the only module that handles RQ jobs on the web side. It validates
+parameters against the catalogue, enqueues by dotted path with the JSON serializer,
+and turns RQ's objects into `TaskView`s. Redis being unreachable becomes
+`QueueUnavailable`, so callers answer 503 instead of hanging or crashing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, ParamSpec, TypeVar
+
+from pydantic import ValidationError
+from redis import Redis
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
+from trustcard.config import Settings
+from trustcard.connections import REDIS_DOWN_ERRORS
+from trustcard.exceptions import QueueUnavailable, TaskAlreadyEnded, TaskNotFound, UnknownJobType, ValidationFailed
+from trustcard.status import CANCEL_FIELD, TaskStatus, summarise_failure, task_status
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CANCEL_SETTLE_SECONDS = 2.0
+"""How long DELETE waits for a running job's worker to confirm the stop."""
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What the API says about one task."""
+
+    task_id: str
+    name: str | None
+    queue: str
+    status: str
+    result: Any
+    error: str | None
+    progress: dict[str, Any] | None
+    worker: str | None
+    submitted_at: str | None
+    started_at: str | None
+    ended_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def redis_required(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn "Redis does not answer" into `QueueUnavailable` (HTTP 503)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except REDIS_DOWN_ERRORS as error:
+            log.warning("redis unreachable during %s: %s", method.__name__, error)
+            raise QueueUnavailable("The task queue (Redis) is unreachable; try again shortly.") from None
+
+    return wrapper
+
+
+def validate_params(job_type: JobType, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Check raw parameters against the job type's model; name every bad parameter."""
+    try:
+        model = job_type.params.model_validate(dict(raw))
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            parameter = ".".join(str(part) for part in item["loc"]) or "body"
+            problem = {"missing": "is required", "extra_forbidden": "is not a parameter of this task"}.get(
+                item["type"], item["msg"][0].lower() + item["msg"][1:]
+            )
+            problems.append({"parameter": parameter, "problem": problem})
+        message = "; ".join(f"{p['parameter']} {p['problem']}" for p in problems)
+        raise ValidationFailed(f"Invalid parameters for {job_type.name}: {message}.", problems=problems) from None
+    return model.model_dump()
+
+
+class TaskService:
+    """Submit, read, cancel and list tasks on one Redis connection."""
+
+    def __init__(self, connection: Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+
+    def _queue(self, name: str) -> Queue:
+        return Queue(name, connection=self.connection, serializer=JSONSerializer)
+
+    @redis_required
+    def submit(self, job_name: str, raw_params: Mapping[str, Any]) -> TaskView:
+        """Validate and enqueue; the returned view is the task as stored in Redis."""
+        job_type = BY_NAME.get(job_name)
+        if job_type is None:
+            raise UnknownJobType(f"There is no job type named {job_name!r}.")
+        params = validate_params(job_type, raw_params)
+        soft_timeout = job_type.soft_timeout or self.settings.job_soft_timeout
+        hard_timeout = max(job_type.hard_timeout or self.settings.job_timeout, soft_timeout)
+        job = self._queue(job_type.queue).enqueue_call(
+            job_type.function,
+            kwargs=params,
+            timeout=soft_timeout,
+            result_ttl=job_type.result_ttl or self.settings.result_ttl,
+            failure_ttl=self.settings.failure_ttl,
+            meta={"job_type": job_type.name, "hard_timeout": hard_timeout},
+        )
+        log.info("task %s received: %s %s", job.id, job_type.name, params)
+        return self._view(job)
+
+    @redis_required
+    def get(self, task_id: str) -> TaskView:
+        return self._view(self._fetch(task_id))
+
+    @redis_required
+    def cancel(self, task_id: str) -> TaskView:
+        """A waiting task is taken off its queue; a running one is stopped by its worker."""
+        job = self._fetch(task_id)
+        current = self._view(job)
+        if TaskStatus(current.status).has_ended:
+            raise TaskAlreadyEnded(
+                f"Task {task_id} has already ended as {current.status}; there is nothing to cancel.",
+                status=current.status,
+            )
+        self.connection.hset(job.key, CANCEL_FIELD, "1")
+        rq_status = job.get_status(refresh=True)
+        if rq_status == JobStatus.STARTED:
+            try:
+                send_stop_job_command(self.connection, job.id, serializer=JSONSerializer)
+            except InvalidJobOperation:
+                pass  # ended between our reads; the flag above still marks it
+            self._wait_until_ended(job)
+            job.refresh()
+        elif rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                pass  # already cancelled by someone else
+            job.refresh()
+        log.info("task %s cancelled (was %s)", task_id, rq_status)
+        return self._view(job)
+
+    @redis_required
+    def running(self) -> list[TaskView]:
+        """The tasks some worker is running now, on every catalogued queue."""
+        views = []
+        for queue_name in QUEUE_NAMES:
+            registry = StartedJobRegistry(queue_name, connection=self.connection, serializer=JSONSerializer)
+            job_ids = registry.get_job_ids()
+            for job in Job.fetch_many(job_ids, connection=self.connection, serializer=JSONSerializer):
+                if job is not None:
+                    views.append(self._view(job))
+        return [view for view in views if view.status == TaskStatus.STARTED]
+
+    @redis_required
+    def queue_depths(self) -> dict[str, int]:
+        return {name: self._queue(name).count for name in QUEUE_NAMES}
+
+    @redis_required
+    def worker_count(self) -> int:
+        return Worker.count(connection=self.connection)
+
+    def _fetch(self, task_id: str) -> Job:
+        if not TASK_ID_PATTERN.match(task_id):
+            raise TaskNotFound(f"No task has the id {task_id!r}.")
+        try:
+            return Job.fetch(task_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            raise TaskNotFound(f"No task has the id {task_id!r} (unknown, or its result has expired).") from None
+
+    def _wait_until_ended(self, job: Job) -> None:
+        deadline = time.monotonic() + CANCEL_SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            if job.get_status(refresh=True) != JobStatus.STARTED:
+                return
+            time.sleep(0.05)
+
+    def _view(self, job: Job) -> TaskView:
+        cancel_requested = bool(self.connection.hexists(job.key, CANCEL_FIELD))
+        status = task_status(job.get_status(refresh=False), cancel_requested)
+        result: Any = None
+        error: str | None = None
+        if status is TaskStatus.COMPLETED:
+            result = job.return_value()
+        elif status is TaskStatus.FAILED:
+            latest = job.latest_result()
+            error = summarise_failure(latest.exc_string if latest else None)
+        elif status is TaskStatus.CANCELLED:
+            error = "Cancelled on request."
+        try:
+            meta = job.meta or {}
+        except DeserializationError:
+            meta = {}
+        return TaskView(
+            task_id=job.id,
+            name=meta.get("job_type"),
+            queue=job.origin,
+            status=status.value,
+            result=result,
+            error=error,
+            progress=meta.get("progress"),
+            worker=job.worker_name,
+            submitted_at=_iso(job.enqueued_at or job.created_at),
+            started_at=_iso(job.started_at),
+            ended_at=_iso(job.ended_at),
+        )

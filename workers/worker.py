@@ -1,0 +1,202 @@
+"""`TrustCardWorker`: RQ's forking worker, with the promises stock RQ does not keep.
+
+Started as `rq worker --worker-class workers.worker.TrustCardWorker ...` (see the
+Procfile). On top of `rq.Worker` it:
+
+- always uses the JSON serializer and `CatalogueJob`, whatever the command line says,
+  so no pickle is read and only catalogued functions run;
+- enforces the hard time limit from the job's meta (RQ's own is `timeout + 60 s`),
+  kills the job process there and fails the task with a reason that says so;
+- skips a job that was cancelled in the moment between dequeue and start;
+- survives Redis going away: waits for it instead of exiting, and registers itself
+  again when Redis comes back without its data.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import worker_registration
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.timeouts import HorseMonitorTimeoutException
+from rq.utils import now
+from rq.worker import Worker
+
+from trustcard.catalogue import BY_FUNCTION
+from trustcard.config import load_settings
+from trustcard.status import CANCEL_FIELD
+from workers.job import CatalogueJob
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+    from rq.executions import Execution
+    from rq.queue import Queue
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+REDIS_RETRY_MAX_SECONDS = 5.0
+"""Longest pause between two attempts to reach a Redis that went away."""
+
+
+def hard_timeout_of(job: Job) -> int:
+    """The job's hard limit: from its meta (set at submit), else the catalogue, else settings."""
+    value = (job.meta or {}).get("hard_timeout")
+    if isinstance(value, int) and value > 0:
+        return value
+    job_type = BY_FUNCTION.get(job.func_name or "")
+    if job_type and job_type.hard_timeout:
+        return job_type.hard_timeout
+    return load_settings().job_timeout
+
+
+class TrustCardWorker(Worker):
+    """A forking RQ worker with hard limits, JSON only, and Redis outages survived."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["serializer"] = JSONSerializer
+        kwargs["job_class"] = CatalogueJob
+        super().__init__(*args, **kwargs)
+        self.max_connection_wait_time = REDIS_RETRY_MAX_SECONDS
+        self._hard_limited_job_id: str | None = None
+
+    # --- running one job -------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            if self.connection.hexists(job.key, CANCEL_FIELD):
+                self.log.info("task %s was cancelled before it started; not running it", job.id)
+                job.cancel()
+                return
+            super().execute_job(job, queue)
+        except REDIS_DOWN as error:
+            # The job's fate is unknown to Redis now; the abandoned-task check settles it.
+            self.log.error("task %s: lost Redis while running it (%s)", job.id, error)
+            self._wait_for_redis()
+
+    def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """Wait for the job process; kill it at the hard limit; fail it if it died."""
+        job.started_at = now()
+        hard_limit = hard_timeout_of(job)
+        deadline = time.monotonic() + hard_limit
+        retpid = ret_val = rusage = None
+        while True:
+            remaining = deadline - time.monotonic()
+            wait = max(1, math.ceil(min(self.job_monitoring_interval, remaining)))
+            try:
+                with self.death_penalty_class(wait, HorseMonitorTimeoutException):
+                    retpid, ret_val, rusage = self.wait_for_horse()
+                break
+            except HorseMonitorTimeoutException:
+                if time.monotonic() >= deadline:
+                    self.log.warning("task %s: hard time limit of %d s reached, killing it", job.id, hard_limit)
+                    self._hard_limited_job_id = job.id
+                    self.kill_horse()
+                    retpid, ret_val, rusage = self.wait_for_horse()
+                    break
+                self._keep_heartbeats(job, execution)
+            except OSError as error:
+                if error.errno != errno.EINTR:
+                    raise
+                self._keep_heartbeats(job, execution)
+
+        self._horse_pid = 0
+        self.executions.pop(execution.id, None)
+        if ret_val == os.EX_OK:
+            return
+        self._settle_dead_horse(job, queue, execution, retpid, ret_val, rusage)
+
+    def _settle_dead_horse(
+        self, job: Job, queue: Queue, execution: Execution, retpid: Any, ret_val: Any, rusage: Any
+    ) -> None:
+        """The job process ended badly: record why, unless it already recorded an end."""
+        if self._stopped_job_id == job.id:
+            self._handle_stopped_job(job, queue, execution)
+            return
+        job_status = job.get_status()
+        if job_status in (JobStatus.FINISHED, JobStatus.FAILED):
+            return
+        job.ended_at = now()
+        if self._hard_limited_job_id == job.id:
+            self._hard_limited_job_id = None
+            reason = (
+                f"TimeLimitExceeded: the job ran past its hard time limit of {hard_timeout_of(job)} s "
+                "and its process was killed."
+            )
+        else:
+            signal_note = f" (signal {os.WTERMSIG(ret_val)})" if ret_val and os.WIFSIGNALED(ret_val) else ""
+            reason = f"Work-horse terminated unexpectedly; waitpid returned {ret_val}{signal_note}"
+        self.log.warning("task %s failed: %s", job.id, reason)
+        self.handle_work_horse_killed(job, retpid, ret_val, rusage)
+        self.handle_job_failure(job, queue=queue, exc_string=reason, execution=execution)
+
+    def _keep_heartbeats(self, job: Job, execution: Execution) -> None:
+        """Heartbeats while a job runs; a Redis outage must not orphan the job process."""
+        try:
+            self.maintain_heartbeats(job, execution)
+        except REDIS_DOWN as error:
+            self.log.warning("task %s: heartbeat failed, Redis unreachable (%s)", job.id, error)
+
+    # --- surviving Redis outages ----------------------------------------------
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except REDIS_DOWN as error:
+                self.log.error("Redis unreachable while waiting for work (%s)", error)
+                self._wait_for_redis()
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_DOWN:
+            self._wait_for_redis()
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_DOWN as error:
+            self.log.warning("maintenance skipped, Redis unreachable (%s)", error)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """As RQ's, but when Redis lost our key (a restart without persistence), register again."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            known = self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            super().heartbeat(timeout)
+            if not known:
+                self._register_again()
+        except REDIS_DOWN as error:
+            self.log.warning("heartbeat failed, Redis unreachable (%s)", error)
+
+    def _register_again(self) -> None:
+        self.log.warning("worker %s: Redis forgot this worker; registering again", self.name)
+        with self.connection.pipeline() as pipeline:
+            pipeline.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipeline)
+            pipeline.expire(self.key, self.worker_ttl + 60)
+            pipeline.execute()
+
+    def _wait_for_redis(self) -> None:
+        """Block until Redis answers a PING, backing off up to `REDIS_RETRY_MAX_SECONDS`."""
+        pause = 0.5
+        while not self._stop_requested:
+            try:
+                self.connection.ping()
+                self.log.info("Redis answers again; carrying on")
+                self.heartbeat()
+                return
+            except REDIS_DOWN:
+                time.sleep(pause)
+                pause = min(pause * 2, REDIS_RETRY_MAX_SECONDS)
