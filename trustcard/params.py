@@ -2,16 +2,43 @@
 
 Numbers arrive as query-string text or JSON numbers; both become `int` when they are
 whole (so `add(7, 8)` answers `15`, not `15.0`) and `float` otherwise. NaN and the
-infinities are refused, as are booleans and unknown parameters.
+infinities are refused, as are booleans, and unknown parameters are an error.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, field_validator
 
-FiniteNumber = Annotated[Union[int, float], Field(allow_inf_nan=False)]
+
+
+def _finite_number(value: object) -> int | float:
+    """Accept JSON numbers and their query-string text; whole numbers stay `int`."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    if isinstance(value, str):
+        text = value.strip()
+        if "_" in text or not text:
+            raise ValueError("must be a number")
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError("must be a number") from None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+    raise ValueError("must be a number")
+
+
+FiniteNumber = Annotated[Union[int, float], PlainValidator(_finite_number), WithJsonSchema({"type": "number"})]
 
 INSTAGRAM_POST_PATTERN = r"^https://(www\.)?instagram\.com/(p|reel|reels|tv)/[A-Za-z0-9_-]{1,64}/?(\?.*)?$"
 
@@ -20,14 +47,6 @@ class JobParams(BaseModel):
     """Base of every parameter model: unknown parameters are an error, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans(cls, value: object) -> object:
-        # JSON true/false would otherwise pass as the numbers 1 and 0.
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not a boolean")
-        return value
 
 
 class NoParams(JobParams):
@@ -40,7 +59,14 @@ class AddParams(JobParams):
 
 
 class SleepParams(JobParams):
-    seconds: FiniteNumber = Field(ge=0, le=3600, description="How long to sleep, 0 to 3600 seconds.")
+    seconds: FiniteNumber = Field(description="How long to sleep, 0 to 3600 seconds.")
+
+    @field_validator("seconds")
+    @classmethod
+    def _within_an_hour(cls, value: float) -> float:
+        if not 0 <= value <= 3600:
+            raise ValueError("must be between 0 and 3600")
+        return value
 
 
 class PostParams(JobParams):

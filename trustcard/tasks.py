@@ -94,7 +94,7 @@ def validate_params(job_type: JobType, raw: Mapping[str, Any]) -> dict[str, Any]
         for item in error.errors(include_url=False):
             parameter = ".".join(str(part) for part in item["loc"]) or "body"
             problem = {"missing": "is required", "extra_forbidden": "is not a parameter of this task"}.get(
-                item["type"], item["msg"][0].lower() + item["msg"][1:]
+                item["type"], item["msg"].removeprefix("Value error, ")
             )
             problems.append({"parameter": parameter, "problem": problem})
         message = "; ".join(f"{p['parameter']} {p['problem']}" for p in problems)

@@ -17,9 +17,9 @@ from trustcard.exceptions import ServiceUnavailable, TrustCardError
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str, **details: Any) -> Response:
+def error_response(http_status: int, code: str, message: str, **details: Any) -> Response:
     response = jsonify({"error": code, "message": message, **details})
-    response.status_code = status
+    response.status_code = http_status
     return response
 
 
