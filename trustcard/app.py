@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 
+from typing import TYPE_CHECKING
+
 from flask import Flask
 
 from trustcard.config import Settings, load_settings
 
+if TYPE_CHECKING:
+    from redis import Redis
 
-def create_app(settings: Settings | None = None) -> Flask:
+
+def create_app(settings: Settings | None = None, *, redis: Redis | None = None) -> Flask:
     """Build the app: settings, then connections, then blueprints.
 
-    `settings` defaults to the process environment; tests pass their own.
+    `settings` defaults to the process environment; tests pass their own, and may pass
+    a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
     from trustcard.api import errors, health, requests, tasks
     from trustcard.connections import web_redis
@@ -29,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("trustcard").setLevel(logging.INFO)
 
-    redis = web_redis(settings.redis_url)
+    redis = redis if redis is not None else web_redis(settings.redis_url)
     app.extensions["trustcard.redis"] = redis
     app.extensions["trustcard.engine"] = make_engine(settings.database_url)
     app.extensions["trustcard.tasks"] = TaskService(redis, settings)

@@ -1,0 +1,175 @@
+"""The HTTP contract on fakeredis: answers, error shapes and what lands in Redis."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import fakeredis
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from trustcard.app import create_app
+from trustcard.config import Settings, load_settings
+
+
+def submit(client: FlaskClient, path: str, **kwargs: object) -> dict[str, object]:
+    response = client.post(path, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def test_submit_answers_202_with_location_and_stores_json(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    response = client.post("/tasks/test/add?x=7&y=8")
+    body = response.get_json()
+    assert response.status_code == 202
+    assert body["status"] == "submitted" and body["name"] == "test.add" and body["queue"] == "analysis"
+    assert response.headers["Location"] == f"/tasks/{body['task_id']}"
+    raw = fake_redis.hget(f"rq:job:{body['task_id']}", "data")
+    assert raw is not None
+    function, _, args, kwargs = json.loads(zlib.decompress(raw))  # JSON, not pickle
+    assert function == "workers.test_jobs.add" and kwargs == {"x": 7, "y": 8}
+
+
+def test_limits_come_from_settings(client: FlaskClient, fake_redis: fakeredis.FakeRedis, settings: Settings) -> None:
+    task_id = submit(client, "/tasks/test/sleep", json={"seconds": 1})["task_id"]
+    job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
+    assert job.timeout == settings.job_soft_timeout
+    assert job.meta["hard_timeout"] == settings.job_timeout
+    assert job.result_ttl == settings.result_ttl and job.failure_ttl == settings.failure_ttl
+
+
+def test_status_of_a_waiting_task(client: FlaskClient) -> None:
+    task_id = submit(client, "/tasks/test/long")["task_id"]
+    body = client.get(f"/tasks/{task_id}").get_json()
+    assert body["status"] == "pending"
+    assert body["result"] is None and body["error"] is None and body["progress"] is None
+    assert body["submitted_at"].endswith("Z")
+
+
+def test_cancel_a_waiting_task_takes_it_off_the_queue(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    task_id = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
+    response = client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "cancelled"
+    assert fake_redis.lrange("rq:queue:analysis", 0, -1) == []
+    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "cancelled"
+    again = client.delete(f"/tasks/{task_id}")
+    assert again.status_code == 409
+    assert again.get_json()["error"] == "task_already_ended" and again.get_json()["status"] == "cancelled"
+
+
+def test_cancel_an_ended_task_is_409(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    task_id = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
+    fake_redis.hset(f"rq:job:{task_id}", "status", JobStatus.FINISHED.value)
+    response = client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 409
+    assert response.get_json()["status"] == "completed"
+
+
+@pytest.mark.parametrize("method", ["get", "delete"])
+@pytest.mark.parametrize("task_id", ["no-such-task", "bad%20id", "x" * 65])
+def test_unknown_task_is_404(client: FlaskClient, method: str, task_id: str) -> None:
+    response = getattr(client, method)(f"/tasks/{task_id}")
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "task_not_found"
+
+
+def test_running_list_is_empty_without_workers(client: FlaskClient) -> None:
+    submit(client, "/tasks/test/add?x=1&y=2")
+    assert client.get("/tasks/").get_json() == {"tasks": [], "count": 0}
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "code", "named"),
+    [
+        ({"query_string": "x=1"}, 422, "validation_error", "y"),
+        ({"query_string": "x=abc&y=1"}, 422, "validation_error", "x"),
+        ({"json": {"x": 1, "y": 2, "z": 3}}, 422, "validation_error", "z"),
+        ({"query_string": "x=1&x=2&y=1"}, 400, "bad_request", "x"),
+        ({"query_string": "x=1&y=1", "json": {"x": 2}}, 400, "bad_request", "x"),
+        ({"data": "{broken", "content_type": "application/json"}, 400, "bad_request", "JSON"),
+        ({"data": "[1, 2]", "content_type": "application/json"}, 400, "bad_request", "object"),
+        ({"data": "x=1&y=2", "content_type": "text/plain"}, 400, "bad_request", "JSON"),
+    ],
+)
+def test_bad_input_is_a_named_4xx(
+    client: FlaskClient, request_kwargs: dict[str, object], status: int, code: str, named: str
+) -> None:
+    response = client.post("/tasks/test/add", **request_kwargs)  # type: ignore[arg-type]
+    body = response.get_json()
+    assert response.status_code == status
+    assert body["error"] == code and named in body["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_oversized_body_is_413_before_reading(client: FlaskClient, settings: Settings) -> None:
+    body = b"{" + b" " * settings.max_request_bytes + b"}"
+    response = client.post("/tasks/test/add", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "payload_too_large"
+
+
+def test_unknown_job_type_and_method_are_json(client: FlaskClient) -> None:
+    missing = client.post("/tasks/test/nothing")
+    assert missing.status_code == 404 and missing.get_json()["error"] == "unknown_job_type"
+    wrong_method = client.put("/tasks/abc")
+    assert wrong_method.status_code == 405 and wrong_method.get_json()["error"] == "method_not_allowed"
+    nowhere = client.get("/nowhere")
+    assert nowhere.status_code == 404 and nowhere.get_json()["error"] == "not_found"
+
+
+def test_health_reports_every_part(client: FlaskClient) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "healthy",
+        "database": "connected",
+        "workers": 0,
+        "queues": {"analysis": 0},
+        "redis": "connected",
+    }
+
+
+def test_health_names_an_unreachable_database(tmp_path: object, fake_redis: fakeredis.FakeRedis) -> None:
+    settings = load_settings({"DATABASE_URL": "sqlite:////nonexistent-dir/x/y.db"})
+    response = create_app(settings, redis=fake_redis).test_client().get("/health")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["database"] == "unreachable" and body["failing"] == ["database"] and body["redis"] == "connected"
+
+
+def test_redis_down_is_503_with_retry_after(settings: Settings) -> None:
+    dead = load_settings({"REDIS_URL": "redis://127.0.0.1:1/0", "DATABASE_URL": settings.database_url})
+    client = create_app(dead).test_client()
+    submitted = client.post("/tasks/test/add?x=1&y=2")
+    assert submitted.status_code == 503
+    assert submitted.get_json()["error"] == "queue_unavailable" and submitted.headers["Retry-After"] == "5"
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["failing"] == ["redis"]
+
+
+class TestApiKey:
+    @pytest.fixture
+    def app(self, settings: Settings, fake_redis: fakeredis.FakeRedis) -> Flask:
+        keyed = load_settings({"API_KEY": "s3cret", "DATABASE_URL": settings.database_url})
+        return create_app(keyed, redis=fake_redis)
+
+    @pytest.mark.parametrize("header", [None, "Bearer wrong", "s3cret", "Basic s3cret"])
+    def test_tasks_need_the_key(self, client: FlaskClient, header: str | None) -> None:
+        headers = {"Authorization": header} if header else {}
+        for response in (
+            client.post("/tasks/test/add?x=1&y=2", headers=headers),
+            client.get("/tasks/", headers=headers),
+            client.get("/tasks/abc", headers=headers),
+            client.delete("/tasks/abc", headers=headers),
+        ):
+            assert response.status_code == 401 and response.get_json()["error"] == "unauthorized"
+
+    def test_the_key_opens_tasks_and_health_stays_open(self, client: FlaskClient) -> None:
+        ok = client.post("/tasks/test/add?x=1&y=2", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 202
+        assert client.get("/health").status_code == 200
