@@ -40,6 +40,7 @@ class Settings:
     dashboard_username: str = "admin"
     dashboard_password: str | None = None
     max_request_bytes: int = 1_048_576
+    worker_shutdown_grace: int = 25
     app_env: str = "development"
 
     @property
@@ -124,5 +125,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dashboard_username=_text(env, "DASHBOARD_USERNAME", "admin"),
         dashboard_password=_optional(env, "DASHBOARD_PASSWORD"),
         max_request_bytes=_number(env, "MAX_REQUEST_BYTES", 1_048_576, 1_024, 104_857_600),
+        worker_shutdown_grace=_number(env, "WORKER_SHUTDOWN_GRACE", 25, 0, 3_600),
         app_env=app_env,
     )

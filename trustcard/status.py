@@ -67,6 +67,8 @@ def summarise_failure(exc_string: str | None) -> str:
     soft = _SOFT_TIMEOUT.search(exc_string)
     if soft:
         return f"Timed out: the job ran past its soft time limit of {soft.group(1)} s."
+    if "AbandonedJobError" in exc_string:
+        return "Abandoned: the worker running this task stopped before it finished (killed or lost)."
     killed = _KILLED.search(exc_string)
     if killed and "terminated unexpectedly" in exc_string:
         signal_number = killed.group(2)

@@ -23,6 +23,7 @@ from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
@@ -199,7 +200,29 @@ class TaskService:
                 return
             time.sleep(0.05)
 
+    def _settle_if_abandoned(self, job: Job) -> None:
+        """A started job whose worker no longer exists will never finish: let RQ's own
+        abandoned-job handling fail it (or retry it, by its policy) now, not at the next
+        maintenance pass minutes later. The worker's key lives only while it heartbeats."""
+        if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
+            return
+        if self.connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name):
+            return
+        registry = StartedJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
+        prefix = f"{job.id}:".encode()
+        entries = [entry for entry in self.connection.zrange(registry.key, 0, -1) if entry.startswith(prefix)]
+        if entries:
+            self.connection.zadd(registry.key, {entry: 0 for entry in entries}, xx=True)
+            registry.cleanup(timestamp=1)  # only the entries just marked, nobody else's
+        else:  # no registry entry left to settle through
+            with self.connection.pipeline() as pipeline:
+                record_job_failure(job, "AbandonedJobError: its worker is gone", pipeline)
+                pipeline.execute()
+        log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)
+        job.refresh()
+
     def _view(self, job: Job) -> TaskView:
+        self._settle_if_abandoned(job)
         cancel_requested = bool(self.connection.hexists(job.key, CANCEL_FIELD))
         status = task_status(job.get_status(refresh=False), cancel_requested)
         result: Any = None
@@ -224,7 +247,7 @@ class TaskService:
             error=error,
             progress=meta.get("progress"),
             worker=job.worker_name,
-            submitted_at=_iso(job.enqueued_at or job.created_at),
+            submitted_at=_iso(job.created_at),
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),
         )

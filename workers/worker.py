@@ -9,7 +9,13 @@ Procfile). On top of `rq.Worker` it:
   kills the job process there and fails the task with a reason that says so;
 - skips a job that was cancelled in the moment between dequeue and start;
 - survives Redis going away: waits for it instead of exiting, and registers itself
-  again when Redis comes back without its data.
+  again when Redis comes back without its data;
+- shuts down within a platform's grace period: on SIGTERM it takes no new job, lets
+  the current one run for `WORKER_SHUTDOWN_GRACE` seconds, then kills it and puts it
+  back on its queue (a second SIGTERM does that at once);
+- heartbeats often enough that a worker killed outright is noticed within about a
+  minute (see `trustcard.tasks.TaskService._settle_if_abandoned`);
+- logs one line per job received, succeeded (with duration and result) or failed.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import errno
 import logging
 import math
 import os
+import signal
 import time
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import worker_registration
+from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_WORKER_TTL
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import HorseMonitorTimeoutException
 from rq.utils import now
@@ -32,19 +42,23 @@ from rq.worker import Worker
 
 from trustcard.catalogue import BY_FUNCTION
 from trustcard.config import load_settings
-from trustcard.status import CANCEL_FIELD
+from trustcard.status import CANCEL_FIELD, summarise_failure
 from workers.job import CatalogueJob
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
     from rq.executions import Execution
     from rq.queue import Queue
-
-log = logging.getLogger(__name__)
+    from rq.registry import StartedJobRegistry
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 REDIS_RETRY_MAX_SECONDS = 5.0
 """Longest pause between two attempts to reach a Redis that went away."""
+WORKER_TTL_SECONDS = 35
+"""Idle heartbeat: the worker's key lives this long + 60 s; RQ's default is 420."""
+JOB_MONITORING_INTERVAL_SECONDS = 5
+"""Busy heartbeat: the worker's key lives this long + 60 s while a job runs."""
+RESULT_PREVIEW_CHARACTERS = 120
 
 
 def hard_timeout_of(job: Job) -> int:
@@ -58,15 +72,28 @@ def hard_timeout_of(job: Job) -> int:
     return load_settings().job_timeout
 
 
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= RESULT_PREVIEW_CHARACTERS else text[: RESULT_PREVIEW_CHARACTERS - 3] + "..."
+
+
 class TrustCardWorker(Worker):
-    """A forking RQ worker with hard limits, JSON only, and Redis outages survived."""
+    """A forking RQ worker with hard limits, JSON only, graceful shutdown, Redis outages survived."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["serializer"] = JSONSerializer
         kwargs["job_class"] = CatalogueJob
+        # Tighter heartbeats than RQ's, unless the command line chose its own.
+        if kwargs.get("worker_ttl") in (None, DEFAULT_WORKER_TTL):
+            kwargs["worker_ttl"] = WORKER_TTL_SECONDS
+        if kwargs.get("job_monitoring_interval") in (None, DEFAULT_JOB_MONITORING_INTERVAL):
+            kwargs["job_monitoring_interval"] = JOB_MONITORING_INTERVAL_SECONDS
         super().__init__(*args, **kwargs)
         self.max_connection_wait_time = REDIS_RETRY_MAX_SECONDS
+        self.shutdown_grace = load_settings().worker_shutdown_grace
+        self._shutdown_deadline: float | None = None
         self._hard_limited_job_id: str | None = None
+        self._interrupted_job_id: str | None = None
 
     # --- running one job -------------------------------------------------------
 
@@ -76,21 +103,28 @@ class TrustCardWorker(Worker):
                 self.log.info("task %s was cancelled before it started; not running it", job.id)
                 job.cancel()
                 return
+            self.log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
             super().execute_job(job, queue)
         except REDIS_DOWN as error:
-            # The job's fate is unknown to Redis now; the abandoned-task check settles it.
+            # Redis cannot record the job's end now; the abandoned-task check settles it.
             self.log.error("task %s: lost Redis while running it (%s)", job.id, error)
             self._wait_for_redis()
 
+    def setup_work_horse_signals(self) -> None:
+        """The job process ignores SIGTERM: platforms send it to every process at a deploy,
+        and the parent decides when the job must go (see `request_stop`)."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
     def monitor_work_horse(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """Wait for the job process; kill it at the hard limit; fail it if it died."""
+        """Wait for the job process; kill it at the hard limit or the end of a shutdown grace."""
         job.started_at = now()
         hard_limit = hard_timeout_of(job)
         deadline = time.monotonic() + hard_limit
         retpid = ret_val = rusage = None
         while True:
-            remaining = deadline - time.monotonic()
-            wait = max(1, math.ceil(min(self.job_monitoring_interval, remaining)))
+            wake_at = min(deadline, self._shutdown_deadline or deadline)
+            wait = max(1, math.ceil(min(self.job_monitoring_interval, wake_at - time.monotonic())))
             try:
                 with self.death_penalty_class(wait, HorseMonitorTimeoutException):
                     retpid, ret_val, rusage = self.wait_for_horse()
@@ -99,10 +133,15 @@ class TrustCardWorker(Worker):
                 if time.monotonic() >= deadline:
                     self.log.warning("task %s: hard time limit of %d s reached, killing it", job.id, hard_limit)
                     self._hard_limited_job_id = job.id
-                    self.kill_horse()
-                    retpid, ret_val, rusage = self.wait_for_horse()
-                    break
-                self._keep_heartbeats(job, execution)
+                elif self._shutdown_deadline is not None and time.monotonic() >= self._shutdown_deadline:
+                    self.log.warning("task %s: shutdown grace over, handing it back to the queue", job.id)
+                    self._interrupted_job_id = job.id
+                else:
+                    self._keep_heartbeats(job, execution)
+                    continue
+                self.kill_horse()
+                retpid, ret_val, rusage = self.wait_for_horse()
+                break
             except OSError as error:
                 if error.errno != errno.EINTR:
                     raise
@@ -121,10 +160,13 @@ class TrustCardWorker(Worker):
         if self._stopped_job_id == job.id:
             self._handle_stopped_job(job, queue, execution)
             return
-        job_status = job.get_status()
-        if job_status in (JobStatus.FINISHED, JobStatus.FAILED):
+        if job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED):
             return
         job.ended_at = now()
+        if self._interrupted_job_id == job.id:
+            self._interrupted_job_id = None
+            self._hand_back(job, queue, execution)
+            return
         if self._hard_limited_job_id == job.id:
             self._hard_limited_job_id = None
             reason = (
@@ -134,9 +176,18 @@ class TrustCardWorker(Worker):
         else:
             signal_note = f" (signal {os.WTERMSIG(ret_val)})" if ret_val and os.WIFSIGNALED(ret_val) else ""
             reason = f"Work-horse terminated unexpectedly; waitpid returned {ret_val}{signal_note}"
-        self.log.warning("task %s failed: %s", job.id, reason)
         self.handle_work_horse_killed(job, retpid, ret_val, rusage)
         self.handle_job_failure(job, queue=queue, exc_string=reason, execution=execution)
+
+    def _hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
+        reason = "WorkerShutdown: the worker shut down before the job finished; it was put back on its queue."
+        self.handle_job_failure(job, queue=queue, exc_string=reason, execution=execution)
+        try:
+            FailedJobRegistry(queue.name, connection=self.connection, serializer=self.serializer).requeue(job.id)
+            self.log.info("task %s handed back to queue %s", job.id, queue.name)
+        except Exception:  # noqa: BLE001 - the job stays failed with its reason, which is still honest
+            self.log.exception("task %s could not be requeued; it stays failed", job.id)
 
     def _keep_heartbeats(self, job: Job, execution: Execution) -> None:
         """Heartbeats while a job runs; a Redis outage must not orphan the job process."""
@@ -144,6 +195,45 @@ class TrustCardWorker(Worker):
             self.maintain_heartbeats(job, execution)
         except REDIS_DOWN as error:
             self.log.warning("task %s: heartbeat failed, Redis unreachable (%s)", job.id, error)
+
+    # --- one log line per outcome ----------------------------------------------
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        super().handle_job_success(job, queue, started_job_registry, execution)
+        started = job.started_at
+        duration = (now() - started).total_seconds() if started else 0.0
+        self.log.info("task %s succeeded in %.3f s: %s", job.id, duration, _preview(job._result))
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        self.log.warning("task %s failed: %s", job.id, summarise_failure(exc_string))
+
+    # --- shutting down within the platform's grace period -----------------------
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """First SIGTERM/SIGINT: take no new job; give the running one `shutdown_grace` seconds."""
+        self._shutdown_deadline = time.monotonic() + self.shutdown_grace
+        self.log.info("worker %s: shutdown requested; current job gets %d s to finish", self.name, self.shutdown_grace)
+        super().request_stop(signum, frame)
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Second signal: hand the running job back now instead of leaving it `started`."""
+        if self.horse_pid:
+            self._shutdown_deadline = time.monotonic()
+            self._interrupted_job_id = self.get_current_job_id()
+            self._stop_requested = True
+            self.kill_horse()
+            return
+        raise SystemExit()
 
     # --- surviving Redis outages ----------------------------------------------
 
@@ -154,6 +244,8 @@ class TrustCardWorker(Worker):
             except REDIS_DOWN as error:
                 self.log.error("Redis unreachable while waiting for work (%s)", error)
                 self._wait_for_redis()
+                if self._stop_requested:
+                    return None
 
     def check_for_suspension(self, burst: bool) -> None:
         try:
@@ -200,3 +292,9 @@ class TrustCardWorker(Worker):
             except REDIS_DOWN:
                 time.sleep(pause)
                 pause = min(pause * 2, REDIS_RETRY_MAX_SECONDS)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        except REDIS_DOWN as error:
+            self.log.warning("could not record this worker's death, Redis unreachable (%s)", error)
