@@ -1,0 +1,70 @@
+"""Job code run directly (no worker), and the catalogue's promises about it."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from trustcard.catalogue import BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, find_by_route
+from workers import analysis, test_jobs
+from workers.job import CatalogueJob, JobNotCatalogued
+from workers.stages import STAGE_NAMES
+
+
+def test_every_catalogued_function_exists() -> None:
+    for job_type in JOB_TYPES:
+        module_name, _, function_name = job_type.function.rpartition(".")
+        assert callable(getattr(importlib.import_module(module_name), function_name)), job_type.name
+
+
+def test_names_routes_and_functions_are_unique() -> None:
+    assert len(BY_NAME) == len(BY_FUNCTION) == len(JOB_TYPES)
+    for job_type in JOB_TYPES:
+        assert find_by_route(job_type.route) is job_type
+    assert find_by_route("test/long") is BY_NAME["test.long"]
+    assert find_by_route("nothing/here") is None
+    assert QUEUE_NAMES == ("analysis",)
+
+
+def test_add_and_sleep_answer_like_the_old_service() -> None:
+    assert test_jobs.add(7, 8) == 15
+    assert test_jobs.sleep(0) == "Slept for 0 seconds"
+
+
+def test_long_task_walks_the_five_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(test_jobs, "LONG_TASK_STAGE_SECONDS", 0)
+    assert test_jobs.long_task() == {"status": "completed", "progress": list(STAGE_NAMES), "percent": 100}
+
+
+def test_long_task_stages_are_the_contract() -> None:
+    assert STAGE_NAMES == (
+        "Extracting Instagram content...",
+        "Running AI detection...",
+        "Checking for deepfakes...",
+        "Fact-checking claims...",
+        "Calculating trust score...",
+    )
+
+
+def test_process_post_does_not_invent_a_trust_score() -> None:
+    result = analysis.process_post("https://www.instagram.com/p/ABC/")
+    assert result["trust_score"] is None and result["placeholder"] is True
+    assert list(result["stages"]) == ["content", "ai_detection", "deepfake_detection", "fact_check", "trust"]
+    assert all(stage["placeholder"] is True for stage in result["stages"].values())
+
+
+def test_catalogue_job_refuses_other_functions(fake_redis: object) -> None:
+    job = CatalogueJob.create("os.getcwd", connection=fake_redis, serializer=JSONSerializer)  # type: ignore[arg-type]
+    with pytest.raises(JobNotCatalogued, match="os.getcwd"):
+        job.perform()
+
+
+def test_catalogue_job_runs_catalogued_functions(fake_redis: object) -> None:
+    job = CatalogueJob.create(
+        "workers.test_jobs.add", kwargs={"x": 2, "y": 3}, connection=fake_redis, serializer=JSONSerializer  # type: ignore[arg-type]
+    )
+    assert job.perform() == 5
+    assert isinstance(job, Job)
