@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trustcard.params import AddParams, JobParams, NoParams, PostParams, SleepParams
+from trustcard.params import AddParams, FailParams, JobParams, NoParams, PostParams, SleepParams
 
 ANALYSIS_QUEUE = "analysis"
 
@@ -27,6 +27,8 @@ class JobType:
     hard_timeout: int | None = None
     result_ttl: int | None = None
     retries: int = 0
+    retry_backoff: tuple[int, ...] = ()
+    """Seconds to wait before each retry; the last one repeats. Empty: retry at once."""
 
     @property
     def route(self) -> str:
@@ -54,10 +56,20 @@ JOB_TYPES: tuple[JobType, ...] = (
         summary="Run 10 s in the five analysis stages, reporting progress.",
     ),
     JobType(
+        name="test.fail",
+        function="workers.test_jobs.fail",
+        params=FailParams,
+        summary="Raise an error with the given message, after one retry a second later.",
+        retries=1,
+        retry_backoff=(1,),
+    ),
+    JobType(
         name="analysis.process_post",
         function="workers.analysis.process_post",
         params=PostParams,
         summary="Analyse an Instagram post (placeholder stages until real models exist).",
+        retries=2,
+        retry_backoff=(10, 60),
     ),
 )
 

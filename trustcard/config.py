@@ -41,6 +41,8 @@ class Settings:
     dashboard_password: str | None = None
     max_request_bytes: int = 1_048_576
     worker_shutdown_grace: int = 25
+    rate_limit_per_minute: int = 600
+    max_queue_depth: int = 50_000
     app_env: str = "development"
 
     @property
@@ -100,6 +102,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lambda url: url.startswith(("sqlite:", "postgres://", "postgresql://", "postgresql+")),
         "must be a sqlite:/// or postgresql:// URL",
     )
+    if app_env == "production" and _text(env, "FLASK_DEBUG", "0").lower() not in ("0", "false", "no", "off"):
+        raise ConfigError("FLASK_DEBUG must be off when APP_ENV is production.")
     secret_key = _optional(env, "SECRET_KEY")
     if secret_key is None:
         if app_env == "production":
@@ -126,5 +130,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dashboard_password=_optional(env, "DASHBOARD_PASSWORD"),
         max_request_bytes=_number(env, "MAX_REQUEST_BYTES", 1_048_576, 1_024, 104_857_600),
         worker_shutdown_grace=_number(env, "WORKER_SHUTDOWN_GRACE", 25, 0, 3_600),
+        rate_limit_per_minute=_number(env, "RATE_LIMIT_PER_MINUTE", 600, 0, 1_000_000),
+        max_queue_depth=_number(env, "MAX_QUEUE_DEPTH", 50_000, 0, 100_000_000),
         app_env=app_env,
     )

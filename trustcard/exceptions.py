@@ -61,6 +61,25 @@ class TaskAlreadyEnded(TrustCardError):
     code = "task_already_ended"
 
 
+class TaskNotRetryable(TrustCardError):
+    status_code = 409
+    code = "task_not_retryable"
+
+
+class IdempotencyKeyReused(TrustCardError):
+    status_code = 409
+    code = "idempotency_key_reused"
+
+
+class RateLimited(TrustCardError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_seconds: int, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class PayloadTooLarge(TrustCardError):
     status_code = 413
     code = "payload_too_large"
@@ -76,3 +95,8 @@ class ServiceUnavailable(TrustCardError):
 
 class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
+
+
+class QueueFull(ServiceUnavailable):
+    code = "queue_full"
+    retry_after_seconds = 30

@@ -69,6 +69,10 @@ class SleepParams(JobParams):
         return value
 
 
+class FailParams(JobParams):
+    message: str = Field(default="failed on purpose", max_length=200, description="The error message to raise.")
+
+
 class PostParams(JobParams):
     url: str = Field(
         max_length=2048,

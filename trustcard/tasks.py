@@ -9,9 +9,12 @@ and turns RQ's objects into `TaskView`s. Redis being unreachable becomes
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,16 +25,25 @@ from redis import Redis
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
+from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS
-from trustcard.exceptions import QueueUnavailable, TaskAlreadyEnded, TaskNotFound, UnknownJobType, ValidationFailed
+from trustcard.exceptions import (
+    IdempotencyKeyReused,
+    QueueFull,
+    QueueUnavailable,
+    TaskAlreadyEnded,
+    TaskNotFound,
+    TaskNotRetryable,
+    UnknownJobType,
+    ValidationFailed,
+)
 from trustcard.status import CANCEL_FIELD, TaskStatus, summarise_failure, task_status
 
 log = logging.getLogger(__name__)
@@ -40,6 +52,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+IDEMPOTENCY_PREFIX = "trustcard:idempotency:"
 CANCEL_SETTLE_SECONDS = 2.0
 """How long DELETE waits for a running job's worker to confirm the stop."""
 
@@ -62,6 +75,14 @@ class TaskView:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted task, and whether it is an earlier one returned for the same Idempotency-Key."""
+
+    task: TaskView
+    replayed: bool
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -114,23 +135,102 @@ class TaskService:
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
     @redis_required
-    def submit(self, job_name: str, raw_params: Mapping[str, Any]) -> TaskView:
-        """Validate and enqueue; the returned view is the task as stored in Redis."""
+    def submit(self, job_name: str, raw_params: Mapping[str, Any], idempotency_key: str | None = None) -> Submission:
+        """Validate and enqueue; the view is the task as stored in Redis.
+
+        With an `idempotency_key`, the same key within the result lifetime answers with the
+        first task instead of enqueuing another (and refuses other parameters under it).
+        """
         job_type = BY_NAME.get(job_name)
         if job_type is None:
             raise UnknownJobType(f"There is no job type named {job_name!r}.")
         params = validate_params(job_type, raw_params)
+        queue = self._queue(job_type.queue)
+        if self.settings.max_queue_depth and queue.count >= self.settings.max_queue_depth:
+            raise QueueFull(f"The {job_type.queue} queue is full ({self.settings.max_queue_depth} waiting tasks).")
+        job_id = str(uuid.uuid4())
+        if idempotency_key is not None:
+            earlier = self._claim_idempotency_key(idempotency_key, job_id, job_type, params)
+            if earlier is not None:
+                return Submission(self._view_or_placeholder(earlier, job_type), replayed=True)
         soft_timeout = job_type.soft_timeout or self.settings.job_soft_timeout
         hard_timeout = max(job_type.hard_timeout or self.settings.job_timeout, soft_timeout)
-        job = self._queue(job_type.queue).enqueue_call(
-            job_type.function,
-            kwargs=params,
-            timeout=soft_timeout,
-            result_ttl=job_type.result_ttl or self.settings.result_ttl,
-            failure_ttl=self.settings.failure_ttl,
-            meta={"job_type": job_type.name, "hard_timeout": hard_timeout},
-        )
+        retry = Retry(max=job_type.retries, interval=list(job_type.retry_backoff) or 0) if job_type.retries else None
+        try:
+            job = queue.enqueue_call(
+                job_type.function,
+                kwargs=params,
+                timeout=soft_timeout,
+                result_ttl=job_type.result_ttl or self.settings.result_ttl,
+                failure_ttl=self.settings.failure_ttl,
+                meta={"job_type": job_type.name, "hard_timeout": hard_timeout},
+                retry=retry,
+                job_id=job_id,
+            )
+        except BaseException:
+            if idempotency_key is not None:
+                self._release_idempotency_key(idempotency_key, job_id)
+            raise
         log.info("task %s received: %s %s", job.id, job_type.name, params)
+        return Submission(self._view(job), replayed=False)
+
+    def _idempotency_redis_key(self, key: str) -> str:
+        return IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+    def _claim_idempotency_key(
+        self, key: str, job_id: str, job_type: JobType, params: dict[str, Any]
+    ) -> str | None:
+        """Claim `key` for `job_id`; return the earlier task's id when it is taken."""
+        fingerprint = json.dumps([job_type.name, params], sort_keys=True)
+        record = json.dumps({"task_id": job_id, "request": fingerprint})
+        redis_key = self._idempotency_redis_key(key)
+        ttl = job_type.result_ttl or self.settings.result_ttl
+        if self.connection.set(redis_key, record, nx=True, ex=ttl):
+            return None
+        stored = self.connection.get(redis_key)
+        if stored is None:  # expired between the two calls: claim it again
+            return self._claim_idempotency_key(key, job_id, job_type, params)
+        earlier = json.loads(stored)
+        if earlier["request"] != fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used for a different request; use a new key for new work."
+            )
+        return str(earlier["task_id"])
+
+    def _release_idempotency_key(self, key: str, job_id: str) -> None:
+        redis_key = self._idempotency_redis_key(key)
+        stored = self.connection.get(redis_key)
+        if stored is not None and json.loads(stored)["task_id"] == job_id:
+            self.connection.delete(redis_key)
+
+    def _view_or_placeholder(self, task_id: str, job_type: JobType) -> TaskView:
+        """The earlier task, or (while its first request is still enqueuing it) a pending view."""
+        try:
+            return self._view(self._fetch(task_id))
+        except TaskNotFound:
+            return TaskView(task_id, job_type.name, job_type.queue, TaskStatus.PENDING.value,
+                            None, None, None, None, None, None, None)
+
+    @redis_required
+    def retry(self, task_id: str) -> TaskView:
+        """Put a failed or cancelled task back on its queue, under the same id."""
+        job = self._fetch(task_id)
+        current = self._view(job)
+        if current.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise TaskNotRetryable(
+                f"Task {task_id} is {current.status}; only failed or cancelled tasks can be retried.",
+                status=current.status,
+            )
+        self.connection.hdel(job.key, CANCEL_FIELD)
+        rq_status = job.get_status(refresh=True)
+        registry_class = CanceledJobRegistry if rq_status == JobStatus.CANCELED else FailedJobRegistry
+        registry = registry_class(job.origin, connection=self.connection, serializer=JSONSerializer)
+        try:
+            registry.requeue(job)
+        except InvalidJobOperation:
+            raise TaskNotRetryable(f"Task {task_id} is not in a state that can be retried now.") from None
+        log.info("task %s requeued on request (was %s)", task_id, current.status)
+        job.refresh()
         return self._view(job)
 
     @redis_required

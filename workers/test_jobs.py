@@ -1,4 +1,4 @@
-"""The test job types of the HTTP contract: add, sleep and the ten-second long task."""
+"""The test job types: add, sleep and the ten-second long task of the HTTP contract, and fail."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def add(x: float, y: float) -> float:
 def sleep(seconds: float) -> str:
     time.sleep(seconds)
     return f"Slept for {seconds} seconds"
+
+
+class DeliberateFailure(Exception):
+    """Raised by the `test.fail` job type, to exercise failure handling end to end."""
+
+
+def fail(message: str = "failed on purpose") -> None:
+    raise DeliberateFailure(message)
 
 
 def long_task() -> dict[str, object]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from trustcard.api.auth import require_api_key
+from trustcard.api.ratelimit import limit_submissions
 from trustcard.api.requests import task_parameters
 from trustcard.catalogue import find_by_route
-from trustcard.exceptions import UnknownJobType
+from trustcard.exceptions import BadRequest, UnknownJobType
 from trustcard.tasks import TaskService
 
 bp = Blueprint("tasks", __name__, url_prefix="/tasks")
 bp.before_request(require_api_key)
+bp.before_request(limit_submissions)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
 def _service() -> TaskService:
@@ -24,10 +29,26 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
     job_type = find_by_route(job_route)
     if job_type is None:
         raise UnknownJobType(f"There is no task type at /tasks/{job_route}.")
-    task = _service().submit(job_type.name, task_parameters())
+    submission = _service().submit(job_type.name, task_parameters(), _idempotency_key())
+    task = submission.task
     body = {**task.to_dict(), "status": "submitted"}
-    location = url_for("tasks.status", task_id=task.task_id)
-    return jsonify(body), 202, {"Location": location}
+    headers = {"Location": url_for("tasks.status", task_id=task.task_id)}
+    if submission.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return jsonify(body), 202, headers
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise BadRequest(
+            f"The {IDEMPOTENCY_HEADER} header must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            parameter=IDEMPOTENCY_HEADER,
+        )
+    return key
 
 
 @bp.get("/<task_id>")
@@ -39,6 +60,12 @@ def status(task_id: str) -> Response:
 def cancel(task_id: str) -> Response:
     task = _service().cancel(task_id)
     return jsonify({"task_id": task.task_id, "status": task.status, "error": task.error})
+
+
+@bp.post("/<task_id>/retry")
+def retry(task_id: str) -> tuple[Response, int, dict[str, str]]:
+    task = _service().retry(task_id)
+    return jsonify(task.to_dict()), 202, {"Location": url_for("tasks.status", task_id=task.task_id)}
 
 
 @bp.get("/")
