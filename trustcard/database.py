@@ -8,6 +8,7 @@ old `postgres://` scheme; this service ships psycopg2, so both are rewritten to
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,19 +26,19 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, **options: Any) -> Engine:
     """An engine that notices dropped connections and never waits long to connect."""
     url = normalise_database_url(url)
     if url.startswith("postgresql"):
+        pool_options = {} if "poolclass" in options else {"pool_size": 5, "max_overflow": 5, "pool_timeout": 2}
         return create_engine(
             url,
             pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=5,
-            pool_timeout=2,
             connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS},
+            **pool_options,
+            **options,
         )
-    return create_engine(url, pool_pre_ping=True, connect_args={"timeout": 2})
+    return create_engine(url, pool_pre_ping=True, connect_args={"timeout": 2}, **options)
 
 
 def ping_database(engine: Engine) -> str | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rq import get_current_job
+
 from workers.progress import report_progress
 from workers.stages import STAGE_NAMES
+from workers.storage import save_post_analysis
 
 StageResult = dict[str, Any]
 
@@ -50,7 +53,7 @@ PIPELINE: tuple[tuple[str, str, Callable[[str, dict[str, StageResult]], StageRes
 )
 
 
-def process_post(url: str) -> dict[str, Any]:
+def analyse(url: str) -> dict[str, Any]:
     """Run every stage on `url`; each stage sees what the earlier ones found."""
     found: dict[str, StageResult] = {}
     for index, (key, stage_name, stage) in enumerate(PIPELINE):
@@ -63,3 +66,12 @@ def process_post(url: str) -> dict[str, Any]:
         "trust_score": found["trust"]["trust_score"],
         "stages": found,
     }
+
+
+def process_post(url: str) -> dict[str, Any]:
+    """The `analysis.process_post` job: analyse, then keep the outcome in the database."""
+    result = analyse(url)
+    job = get_current_job()
+    if job is not None:
+        save_post_analysis(job.id, url, result)
+    return result

@@ -50,7 +50,7 @@ def test_long_task_stages_are_the_contract() -> None:
 
 
 def test_process_post_does_not_invent_a_trust_score() -> None:
-    result = analysis.process_post("https://www.instagram.com/p/ABC/")
+    result = analysis.analyse("https://www.instagram.com/p/ABC/")
     assert result["trust_score"] is None and result["placeholder"] is True
     assert list(result["stages"]) == ["content", "ai_detection", "deepfake_detection", "fact_check", "trust"]
     assert all(stage["placeholder"] is True for stage in result["stages"].values())
