@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import worker_registration
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_WORKER_TTL
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -106,9 +107,20 @@ class TrustCardWorker(Worker):
             self.log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
             super().execute_job(job, queue)
         except REDIS_DOWN as error:
-            # Redis cannot record the job's end now; the abandoned-task check settles it.
             self.log.error("task %s: lost Redis while running it (%s)", job.id, error)
             self._wait_for_redis()
+            self._settle_after_outage(job, queue)
+
+    def _settle_after_outage(self, job: Job, queue: Queue) -> None:
+        """Redis came back, but the job's end could not be recorded: fail it with the reason
+        (its retry policy may requeue it) rather than leave it `started` for ever."""
+        try:
+            if job.get_status(refresh=True) != JobStatus.STARTED:
+                return
+        except (NoSuchJobError, InvalidJobOperation):
+            return  # Redis lost its data: the task is gone with it
+        reason = "RedisConnectionLost: Redis went away while the job ran, so its outcome could not be recorded."
+        self.handle_job_failure(job, queue=queue, exc_string=reason)
 
     def setup_work_horse_signals(self) -> None:
         """The job process ignores SIGTERM: platforms send it to every process at a deploy,
