@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import worker_registration
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_WORKER_TTL
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -100,6 +100,8 @@ class TrustCardWorker(Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         try:
+            if not self._is_readable(job, queue):
+                return
             if self.connection.hexists(job.key, CANCEL_FIELD):
                 self.log.info("task %s was cancelled before it started; not running it", job.id)
                 job.cancel()
@@ -110,6 +112,17 @@ class TrustCardWorker(Worker):
             self.log.error("task %s: lost Redis while running it (%s)", job.id, error)
             self._wait_for_redis()
             self._settle_after_outage(job, queue)
+
+    def _is_readable(self, job: Job, queue: Queue) -> bool:
+        """A job not stored as JSON (pickle, say) is failed with the reason, never run."""
+        try:
+            job.func_name  # noqa: B018 - decodes the job's data
+        except DeserializationError:
+            reason = "UnreadableJob: the job was not stored as JSON; workers run only JSON jobs from the catalogue."
+            self.log.warning("task %s refused: %s", job.id, reason)
+            self.handle_job_failure(job, queue=queue, exc_string=reason)
+            return False
+        return True
 
     def _settle_after_outage(self, job: Job, queue: Queue) -> None:
         """Redis came back, but the job's end could not be recorded: fail it with the reason

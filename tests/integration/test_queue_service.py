@@ -1,0 +1,212 @@
+"""The HTTP contract end to end: real `rq worker` processes, real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+from sqlalchemy import text
+
+from tests.integration.conftest import Stack, wait_until
+from workers.stages import STAGE_NAMES
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    stack = make_stack()
+    stack.start_worker()
+    return stack
+
+
+def test_add_by_query_and_by_json_body(stack: Stack) -> None:
+    response = stack.client.post("/tasks/test/add?x=7&y=8")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "submitted" and response.headers["Location"] == f"/tasks/{body['task_id']}"
+    done = stack.wait_for(body["task_id"])
+    assert (done["status"], done["result"], done["error"]) == ("completed", 15, None)
+    assert done["started_at"] and done["ended_at"] and done["worker"]
+
+    by_json = stack.submit("/tasks/test/add", json={"x": 2.5, "y": -1})
+    assert stack.wait_for(by_json)["result"] == 1.5
+
+
+def test_sleep_answers_like_the_old_service(stack: Stack) -> None:
+    started = time.monotonic()
+    task = stack.wait_for(stack.submit("/tasks/test/sleep?seconds=2"))
+    assert task["result"] == "Slept for 2 seconds"
+    assert time.monotonic() - started >= 2
+
+
+def test_long_task_reports_rising_progress_then_the_exact_result(stack: Stack) -> None:
+    task_id = stack.submit("/tasks/test/long")
+    seen: list[int] = []
+    while (task := stack.task(task_id))["status"] not in ("completed", "failed"):
+        progress = task["progress"]
+        if task["status"] == "started" and progress:
+            assert progress["stage"] in STAGE_NAMES
+            seen.append(progress["percent"])
+        time.sleep(0.25)
+    assert task["status"] == "completed"
+    assert task["result"] == {"status": "completed", "progress": list(STAGE_NAMES), "percent": 100}
+    assert seen == sorted(seen) and len(set(seen)) >= 4 and 0 <= seen[0] < 100
+
+
+def test_process_post_runs_the_placeholder_pipeline_and_keeps_the_outcome(stack: Stack) -> None:
+    url = "https://www.instagram.com/p/C0dE1/"
+    task = stack.wait_for(stack.submit("/tasks/analysis/process_post", json={"url": url}))
+    assert task["status"] == "completed", task
+    assert task["result"]["trust_score"] is None and task["result"]["placeholder"] is True
+    with stack.app.extensions["trustcard.engine"].connect() as connection:
+        row = connection.execute(
+            text("SELECT url, trust_score FROM post_analyses WHERE task_id = :id"), {"id": task["task_id"]}
+        ).one()
+    assert tuple(row) == (url, None)
+
+
+def test_cancel_waiting_and_running_tasks(stack: Stack) -> None:
+    running = stack.submit("/tasks/test/sleep?seconds=30")
+    stack.wait_for(running, ("started",))
+    waiting = stack.submit("/tasks/test/add?x=1&y=1")
+
+    cancelled_waiting = stack.client.delete(f"/tasks/{waiting}")
+    assert cancelled_waiting.status_code == 200 and cancelled_waiting.get_json()["status"] == "cancelled"
+    listed = stack.client.get("/tasks/").get_json()
+    assert [task["task_id"] for task in listed["tasks"]] == [running] and listed["count"] == 1
+    assert listed["tasks"][0]["name"] == "test.sleep" and listed["tasks"][0]["worker"]
+
+    cancelled_running = stack.client.delete(f"/tasks/{running}")
+    assert cancelled_running.status_code == 200 and cancelled_running.get_json()["status"] == "cancelled"
+    # The worker is free again: a new task completes, and the cancelled ones never ran.
+    assert stack.wait_for(stack.submit("/tasks/test/add?x=2&y=2"))["result"] == 4
+    assert stack.task(running)["status"] == "cancelled"
+    never_ran = stack.task(waiting)
+    assert never_ran["status"] == "cancelled" and never_ran["started_at"] is None and never_ran["result"] is None
+
+    assert stack.client.delete(f"/tasks/{running}").status_code == 409
+    assert stack.client.get("/tasks/").get_json()["count"] == 0
+
+
+def test_cancelling_an_ended_task_is_409_and_unknown_is_404(stack: Stack) -> None:
+    done = stack.wait_for(stack.submit("/tasks/test/add?x=1&y=1"))
+    response = stack.client.delete(f"/tasks/{done['task_id']}")
+    assert response.status_code == 409
+    assert response.get_json() | {"message": ""} == {
+        "error": "task_already_ended", "status": "completed", "message": ""
+    }
+    assert stack.client.delete("/tasks/does-not-exist").status_code == 404
+    assert stack.client.get("/tasks/does-not-exist").status_code == 404
+
+
+def test_a_raising_job_fails_with_one_line_after_its_retry(stack: Stack) -> None:
+    task_id = stack.submit("/tasks/test/fail", json={"message": "bad data in post"})
+    task = stack.wait_for(task_id, ("failed",), timeout=30)
+    assert task["error"] == "workers.test_jobs.DeliberateFailure: bad data in post"
+    log = stack.workers[0].log()
+    assert log.count(f"task {task_id} received") == 2  # the catalogue gives it one retry
+    assert "Traceback" in log and "DeliberateFailure: bad data in post" in log
+
+    assert stack.client.post(f"/tasks/{task_id}/retry").status_code == 202
+    assert stack.wait_for(task_id, ("failed",), timeout=30)["error"].endswith("bad data in post")
+    assert stack.client.post(f"/tasks/{task_id}/retry").status_code == 202
+    stack.wait_for(task_id, ("failed",), timeout=30)
+    assert stack.client.post(f"/tasks/{stack.submit('/tasks/test/sleep?seconds=5')}/retry").status_code == 409
+
+
+def test_workers_refuse_what_the_catalogue_does_not_name(stack: Stack) -> None:
+    connection = stack.app.extensions["trustcard.redis"]
+    queue = Queue("analysis", connection=connection, serializer=JSONSerializer)
+    job = queue.enqueue_call("os.getcwd")
+    task = stack.wait_for(job.id, ("failed",))
+    assert "Refused to run 'os.getcwd'" in task["error"] and "\n" not in task["error"]
+    assert stack.wait_for(stack.submit("/tasks/test/add?x=1&y=2"))["result"] == 3
+
+
+def test_a_pickled_job_is_not_run(stack: Stack) -> None:
+    connection = stack.app.extensions["trustcard.redis"]
+    pickled = Queue("analysis", connection=connection).enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 2})
+    assert stack.wait_for(stack.submit("/tasks/test/add?x=1&y=3"))["result"] == 4  # the worker lives on
+    assert stack.workers[0].process.poll() is None
+    answer = stack.client.get(f"/tasks/{pickled.id}")
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["status"] == "failed" and answer.get_json()["result"] is None
+    assert answer.get_json()["error"].startswith("UnreadableJob: the job was not stored as JSON")
+
+
+def test_bad_input_through_the_stack(stack: Stack) -> None:
+    for path, kwargs, status, named in [
+        ("/tasks/test/add?x=1", {}, 422, "y"),
+        ("/tasks/test/add?x=nan&y=1", {}, 422, "x"),
+        ("/tasks/test/sleep?seconds=3601", {}, 422, "seconds"),
+        ("/tasks/test/add", {"json": {"x": True, "y": 1}}, 422, "x"),
+        ("/tasks/test/add", {"data": "{", "content_type": "application/json"}, 400, "JSON"),
+    ]:
+        response = stack.client.post(path, **kwargs)
+        assert response.status_code == status and named in response.get_json()["message"], (path, response.json)
+    assert Queue("analysis", connection=stack.app.extensions["trustcard.redis"]).count == 0
+
+
+def test_health_with_postgresql_and_workers(stack: Stack, make_stack: Callable[..., Stack]) -> None:
+    stack.start_worker()
+    body = stack.client.get("/health").get_json()
+    assert body["status"] == "healthy" and body["database"] == "connected" and body["redis"] == "connected"
+    assert body["workers"] == 2
+
+    broken = make_stack(DATABASE_URL="postgresql://postgres@127.0.0.1:1/nothing")
+    started = time.monotonic()
+    response = broken.client.get("/health")
+    assert time.monotonic() - started < 3
+    assert response.status_code == 503 and response.get_json()["failing"] == ["database"]
+
+
+class TestTimeLimits:
+    @pytest.fixture
+    def limited(self, make_stack: Callable[..., Stack]) -> Stack:
+        stack = make_stack(JOB_SOFT_TIMEOUT="3", JOB_TIMEOUT="5")
+        stack.start_worker()
+        return stack
+
+    def test_soft_limit_fails_the_task_as_timed_out(self, limited: Stack) -> None:
+        task = limited.wait_for(limited.submit("/tasks/test/sleep?seconds=10"))
+        assert task["status"] == "failed"
+        assert task["error"] == "Timed out: the job ran past its soft time limit of 3 s."
+        assert limited.wait_for(limited.submit("/tasks/test/add?x=1&y=1"))["result"] == 2
+
+    def test_long_task_records_the_stage_it_reached(self, limited: Stack) -> None:
+        task = limited.wait_for(limited.submit("/tasks/test/long"))
+        assert task["status"] == "failed" and task["error"].startswith("Timed out")
+        assert task["progress"]["stage"] == STAGE_NAMES[1]  # three seconds: stage one done, stage two begun
+        assert task["progress"]["stopped"] == "time limit reached"
+
+    def test_hard_limit_kills_a_job_that_cannot_stop_itself(self, limited: Stack) -> None:
+        worker = limited.workers[0]
+        before = worker.children()  # the scheduler
+        task_id = limited.submit("/tasks/test/sleep?seconds=30")
+        limited.wait_for(task_id, ("started",))
+        [horse] = wait_until(lambda: worker.children() - before, 5, "the job process to appear")
+        os.kill(horse, signal.SIGSTOP)  # it can no longer react to the soft limit's alarm
+        started = time.monotonic()
+        task = limited.wait_for(task_id, ("failed",), timeout=15)
+        assert "hard time limit of 5 s" in task["error"]
+        assert time.monotonic() - started < 10
+        assert limited.wait_for(limited.submit("/tasks/test/add?x=1&y=1"))["result"] == 2
+
+    def test_killed_job_process_fails_at_once_and_the_worker_goes_on(self, limited: Stack) -> None:
+        worker = limited.workers[0]
+        before = worker.children()
+        task_id = limited.submit("/tasks/test/sleep?seconds=30")
+        limited.wait_for(task_id, ("started",))
+        [horse] = wait_until(lambda: worker.children() - before, 5, "the job process to appear")
+        os.kill(horse, signal.SIGKILL)  # as the out-of-memory killer would
+        killed_at = time.monotonic()
+        task = limited.wait_for(task_id, ("failed",), timeout=5)
+        assert time.monotonic() - killed_at < 2
+        assert "killed by signal 9" in task["error"]
+        assert limited.wait_for(limited.submit("/tasks/test/add?x=1&y=1"))["result"] == 2
