@@ -1,0 +1,151 @@
+"""When parts fail: Redis stops and comes back, workers are stopped or killed.
+
+Every accepted task must end completed, failed with a reason, or cancelled, and the
+API must say which; the API must answer quickly while a part is down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.conftest import PrivateRedis, Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def timed(call: Callable[[], object]) -> tuple[object, float]:
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_redis_outage_answers_503_fast_and_everything_recovers(
+    make_stack: Callable[..., Stack], private_redis: PrivateRedis
+) -> None:
+    stack = make_stack(redis_url=private_redis.url)
+    worker = stack.start_worker()
+    assert stack.wait_for(stack.submit("/tasks/test/add?x=1&y=1"))["result"] == 2
+    known = stack.submit("/tasks/test/add?x=2&y=2")
+    stack.wait_for(known)
+
+    private_redis.stop()
+    for call in (
+        lambda: stack.client.post("/tasks/test/add?x=1&y=1"),
+        lambda: stack.client.get("/health"),
+        lambda: stack.client.get(f"/tasks/{known}"),
+        lambda: stack.client.delete(f"/tasks/{known}"),
+        lambda: stack.client.get("/tasks/"),
+    ):
+        response, seconds = timed(call)
+        assert seconds < 3, f"answered in {seconds:.1f} s"
+        assert response.status_code == 503, response.get_json()
+        body = response.get_json()
+        assert body.get("error") == "queue_unavailable" or body.get("redis") == "unreachable", body
+    assert stack.client.get("/health").get_json()["failing"] == ["redis"]
+
+    private_redis.start()  # empty: it kept nothing on disk
+    health = wait_until(
+        lambda: (answer := stack.client.get("/health")).status_code == 200 and answer.get_json()["workers"] >= 1 and answer,
+        60,
+        "the web and the worker to recover after Redis came back",
+        interval=0.5,
+    )
+    assert health.get_json()["redis"] == "connected"
+    assert worker.process.poll() is None, "the worker process must survive the outage"
+    assert stack.wait_for(stack.submit("/tasks/test/add?x=3&y=4"))["result"] == 7
+
+
+def test_redis_appendonly_keeps_accepted_tasks_across_a_restart(
+    make_stack: Callable[..., Stack], private_redis: PrivateRedis
+) -> None:
+    private_redis.stop()
+    private_redis.appendonly = True
+    private_redis.start()
+    stack = make_stack(redis_url=private_redis.url)
+    accepted = [stack.submit("/tasks/test/add?x=1&y=1") for _ in range(20)]
+    time.sleep(1.5)  # appendfsync everysec: a 202 older than a second is on disk
+    private_redis.stop()
+    private_redis.start()
+    wait_until(lambda: stack.client.get("/health").status_code == 200, 30, "web to see Redis again", interval=0.5)
+    assert {stack.task(task_id)["status"] for task_id in accepted} == {"pending"}
+    stack.start_worker()
+    assert {stack.wait_for(task_id)["result"] for task_id in accepted} == {2}
+
+
+def test_without_persistence_a_restart_loses_tasks(make_stack: Callable[..., Stack], private_redis: PrivateRedis) -> None:
+    stack = make_stack(redis_url=private_redis.url)
+    accepted = stack.submit("/tasks/test/add?x=1&y=1")
+    time.sleep(1.5)
+    private_redis.stop()
+    private_redis.start()
+    wait_until(lambda: stack.client.get("/health").status_code == 200, 30, "web to see Redis again", interval=0.5)
+    assert stack.client.get(f"/tasks/{accepted}").status_code == 404  # why production needs appendonly
+
+
+def test_sigterm_hands_the_running_job_back_within_the_grace_period(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(WORKER_SHUTDOWN_GRACE="2")
+    first = stack.start_worker()
+    task_id = stack.submit("/tasks/test/sleep?seconds=20")
+    stack.wait_for(task_id, ("started",))
+    os.killpg(first.process.pid, signal.SIGTERM)  # a platform signals every process at a deploy
+    first.process.wait(timeout=15)
+    assert "handed back to queue analysis" in first.log()
+    assert stack.task(task_id)["status"] == "pending"
+    stack.start_worker()
+    assert stack.wait_for(task_id, ("started",), timeout=15)["worker"]
+
+
+def test_sigterm_lets_a_short_job_finish_and_takes_no_new_one(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(WORKER_SHUTDOWN_GRACE="20")
+    worker = stack.start_worker()
+    task_id = stack.submit("/tasks/test/sleep?seconds=2")
+    stack.wait_for(task_id, ("started",))
+    os.killpg(worker.process.pid, signal.SIGTERM)
+    waiting = stack.submit("/tasks/test/add?x=1&y=1")
+    worker.process.wait(timeout=15)
+    assert stack.task(task_id)["result"] == "Slept for 2 seconds"
+    assert stack.task(waiting)["status"] == "pending"
+
+
+def test_a_worker_killed_outright_leaves_no_task_started_for_ever(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    worker = stack.start_worker()
+    task_id = stack.submit("/tasks/test/sleep?seconds=300")
+    stack.wait_for(task_id, ("started",))
+    os.killpg(worker.process.pid, signal.SIGKILL)  # main process and job process at once
+    killed_at = time.monotonic()
+    task = stack.wait_for(task_id, ("failed",), timeout=120)
+    assert task["error"].startswith("Abandoned")
+    assert time.monotonic() - killed_at < 120
+
+
+def test_api_key_guards_the_task_endpoints(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(API_KEY="integration-key")
+    stack.start_worker()
+    assert stack.client.post("/tasks/test/add?x=1&y=1").status_code == 401
+    assert stack.client.get("/tasks/").status_code == 401
+    assert stack.client.get("/health").status_code == 200
+    response = stack.client.post("/tasks/test/add?x=1&y=1", headers={"Authorization": "Bearer integration-key"})
+    assert response.status_code == 202
+    task_id = response.get_json()["task_id"]
+    done = wait_until(
+        lambda: (body := stack.client.get(f"/tasks/{task_id}", headers={"Authorization": "Bearer integration-key"}).get_json())[
+            "status"
+        ]
+        == "completed"
+        and body,
+        30,
+        "the keyed task to complete",
+    )
+    assert done["result"] == 2
+
+
+def test_redis_refusing_connections_is_a_quick_503(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(redis_url="redis://127.0.0.1:1/0")
+    response, seconds = timed(lambda: stack.client.post("/tasks/test/add?x=1&y=1"))
+    assert response.status_code == 503 and seconds < 3
