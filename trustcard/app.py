@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     `settings` defaults to the process environment; tests pass their own, and may pass
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
+    from trustcard import dashboard
     from trustcard.api import errors, health, openapi, requests, tasks
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
@@ -45,4 +46,5 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.register_blueprint(tasks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    dashboard.init_app(app, settings)
     return app

@@ -288,3 +288,60 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@dataclass
+class WebProcess:
+    """The Procfile's `web:` line, run for real: gunicorn on a spare port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    log_file: Any
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_web(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WebProcess]]:
+    started: list[WebProcess] = []
+
+    def start(env: dict[str, str]) -> WebProcess:
+        port = free_port()
+        command = procfile_command("web")
+        command[0] = str(BIN / command[0])
+        log_path = tmp_path / f"web-{port}.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "1"},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        web = WebProcess(process, port, log_path, log_file)
+        started.append(web)
+        wait_until(
+            lambda: process.poll() is not None or _answers(port), 30, f"gunicorn on port {port}", interval=0.1
+        )
+        assert process.poll() is None, web.log()
+        return web
+
+    yield start
+    for web in started:
+        if web.process.poll() is None:
+            os.killpg(web.process.pid, signal.SIGTERM)
+            web.process.wait(30)
+        web.log_file.close()
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

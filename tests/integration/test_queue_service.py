@@ -187,7 +187,7 @@ class TestTimeLimits:
 
     def test_hard_limit_kills_a_job_that_cannot_stop_itself(self, limited: Stack) -> None:
         worker = limited.workers[0]
-        before = worker.children()  # the scheduler
+        before = wait_until(worker.children, 10, "the worker's scheduler process")  # the Procfile asks for one
         task_id = limited.submit("/tasks/test/sleep?seconds=30")
         limited.wait_for(task_id, ("started",))
         [horse] = wait_until(lambda: worker.children() - before, 5, "the job process to appear")
@@ -200,7 +200,7 @@ class TestTimeLimits:
 
     def test_killed_job_process_fails_at_once_and_the_worker_goes_on(self, limited: Stack) -> None:
         worker = limited.workers[0]
-        before = worker.children()
+        before = wait_until(worker.children, 10, "the worker's scheduler process")
         task_id = limited.submit("/tasks/test/sleep?seconds=30")
         limited.wait_for(task_id, ("started",))
         [horse] = wait_until(lambda: worker.children() - before, 5, "the job process to appear")
