@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -36,6 +37,10 @@ def test_add_by_query_and_by_json_body(stack: Stack) -> None:
 
     by_json = stack.submit("/tasks/test/add", json={"x": 2.5, "y": -1})
     assert stack.wait_for(by_json)["result"] == 1.5
+
+    log = stack.workers[0].log()  # one line a person can follow per received and succeeded job
+    assert f"task {body['task_id']} received: test.add" in log
+    assert re.search(rf"task {body['task_id']} succeeded in \d+\.\d{{3}} s: 15", log)
 
 
 def test_sleep_answers_like_the_old_service(stack: Stack) -> None:
@@ -111,6 +116,7 @@ def test_a_raising_job_fails_with_one_line_after_its_retry(stack: Stack) -> None
     assert task["error"] == "workers.test_jobs.DeliberateFailure: bad data in post"
     log = stack.workers[0].log()
     assert log.count(f"task {task_id} received") == 2  # the catalogue gives it one retry
+    assert f"task {task_id} failed: workers.test_jobs.DeliberateFailure: bad data in post" in log
     assert "Traceback" in log and "DeliberateFailure: bad data in post" in log
 
     assert stack.client.post(f"/tasks/{task_id}/retry").status_code == 202

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -64,3 +65,30 @@ def test_a_bad_setting_stops_the_web_with_one_sentence() -> None:
     )
     assert result.returncode != 0
     assert "configuration error: JOB_TIMEOUT must be a whole number, got 'soon'." in result.stderr.decode()
+
+
+def test_sigterm_drains_the_request_in_flight_then_stops(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]
+) -> None:
+    """A deploy's SIGTERM: the web finishes what it is answering, then stops taking requests."""
+    stack = make_stack()
+    worker = stack.start_worker()
+    web = start_web(stack.env)
+    assert request(web, "GET", "/health")[0] == 200  # gunicorn's worker is up and serving
+    task_id = stack.submit("/tasks/test/sleep?seconds=30")
+    stack.wait_for(task_id, ("started",))
+    os.kill(worker.process.pid, signal.SIGSTOP)  # the stop command now waits: DELETE takes ~2 s
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=20)
+        connection.request("DELETE", f"/tasks/{task_id}")
+        time.sleep(0.5)  # let the request reach its view before the signal; its answer is what we check
+        os.killpg(web.process.pid, signal.SIGTERM)
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["status"] == "cancelled"
+        connection.close()
+        web.process.wait(30)
+        assert web.process.returncode == 0
+        with pytest.raises(OSError):
+            request(web, "GET", "/health")
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)
