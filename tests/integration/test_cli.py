@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from tests.integration.browser import terminal_screenshot
 from tests.integration.conftest import BIN, Stack, WebProcess
 from workers.stages import STAGE_NAMES
 
@@ -39,7 +41,7 @@ def test_wait_follows_the_stages_and_exits_by_outcome(
 
 
 def test_wait_shows_every_stage_of_the_long_task(
-    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess], tmp_path: Path
 ) -> None:
     stack = make_stack()
     stack.start_worker()
@@ -50,3 +52,4 @@ def test_wait_shows_every_stage_of_the_long_task(
     assert all(stage in result.stderr for stage in STAGE_NAMES)
     health = trustcard(web, "--json", "health")
     assert health.returncode == 0 and json.loads(health.stdout)["workers"] == 1
+    terminal_screenshot("trustcard submit test.long --wait", result.stderr + result.stdout, "cli.png", tmp_path)
