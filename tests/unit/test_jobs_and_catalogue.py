@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rq.job import Job
@@ -12,6 +15,8 @@ from trustcard.catalogue import BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, fi
 from workers import analysis, test_jobs
 from workers.job import CatalogueJob, JobNotCatalogued
 from workers.stages import STAGE_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_catalogued_function_exists() -> None:
@@ -68,3 +73,11 @@ def test_catalogue_job_runs_catalogued_functions(fake_redis: object) -> None:
     )
     assert job.perform() == 5
     assert isinstance(job, Job)
+
+
+def test_worker_code_never_imports_flask() -> None:
+    code = (
+        "import sys, workers.worker, workers.analysis, workers.test_jobs, trustcard.catalogue;"
+        "sys.exit(1 if 'flask' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT).returncode == 0
