@@ -1,89 +1,115 @@
 """A small JSON client of the HTTP API, on the standard library.
 
-The CLI talks to the API over HTTP like any other client (it never opens Redis), so
-it works against any deployment. Errors come back as `ApiError` with the API's own
-code and message, or as `ConnectionFailed` when nothing answers.
+The CLI talks to the API over HTTP like any other client (it never opens Redis), so it
+works against any deployment. The standard library's `urllib` is enough for a handful
+of JSON calls, and it keeps the command free of another pinned dependency.
+
+Errors come back as `ApiError` with the API's own code and message, or as
+`ConnectionFailed` when nothing answers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 TIMEOUT_SECONDS = 10
+"""How long one request may take before the API counts as unreachable."""
+
+USER_AGENT = "trustcard-cli"
 
 
 class ConnectionFailed(Exception):
-    """The API did not answer at all."""
+    """Nothing answered at the API's address (refused, unknown host, timed out)."""
 
 
-@dataclass
 class ApiError(Exception):
-    """The API answered with an error: its HTTP status, code and message."""
+    """The API answered with an error: its HTTP status, its `error` code and its `message`."""
 
-    status: int
-    code: str
-    message: str
+    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
 
     def __str__(self) -> str:
         return f"{self.message} ({self.code}, HTTP {self.status})"
 
 
 class ApiClient:
-    def __init__(self, base_url: str, api_key: str | None = None) -> None:
+    """One method per endpoint of the HTTP contract; each returns the decoded JSON answer."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = TIMEOUT_SECONDS) -> None:
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
+        self.api_key = api_key or None
+        self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if data is not None:
             headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        url = self.base_url + path
+        log.debug("%s %s", method, url)
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-                return json.loads(response.read() or b"null")
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return _decode(response.status, response.read())
         except urllib.error.HTTPError as error:
             raise _api_error(error) from None
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
+        except ValueError as error:  # a URL urllib cannot use, e.g. without http://
+            raise ConnectionFailed(f"cannot use {self.base_url!r} as the API's address: {error}") from None
+        except OSError as error:  # URLError, refused, reset, timeout
+            reason = getattr(error, "reason", None) or error
             raise ConnectionFailed(f"cannot reach {self.base_url}: {reason}") from None
 
     def submit(self, job_name: str, params: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/tasks/" + job_name.replace(".", "/"), params))
 
     def task(self, task_id: str) -> dict[str, Any]:
-        return dict(self.request("GET", "/tasks/" + urllib.parse.quote(task_id, safe="")))
+        return dict(self.request("GET", "/tasks/" + _segment(task_id)))
 
     def cancel(self, task_id: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", "/tasks/" + urllib.parse.quote(task_id, safe="")))
+        return dict(self.request("DELETE", "/tasks/" + _segment(task_id)))
 
     def running(self) -> dict[str, Any]:
         return dict(self.request("GET", "/tasks/"))
 
     def health(self) -> dict[str, Any]:
+        """The health report, also when it is a 503 naming the failing part."""
         try:
             return dict(self.request("GET", "/health"))
         except ApiError as error:
-            if error.status == 503 and isinstance(error.body, dict):  # type: ignore[attr-defined]
-                return dict(error.body)  # type: ignore[attr-defined]
+            if error.status == 503 and isinstance(error.body, dict) and "status" in error.body:
+                return dict(error.body)
             raise
+
+
+def _segment(task_id: str) -> str:
+    return urllib.parse.quote(task_id, safe="")
+
+
+def _decode(status: int, raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        raise ApiError(status, "not_json", "the server's answer is not JSON; is --url the TrustCard API?") from None
 
 
 def _api_error(error: urllib.error.HTTPError) -> ApiError:
     try:
         body = json.loads(error.read() or b"null")
-    except ValueError:
+    except (ValueError, OSError):
         body = None
-    if isinstance(body, dict):
-        api_error = ApiError(error.code, str(body.get("error", "error")), str(body.get("message", error.reason)))
-    else:
-        api_error = ApiError(error.code, "http_error", str(error.reason))
-    api_error.body = body  # type: ignore[attr-defined]
-    return api_error
+    if isinstance(body, dict) and "error" in body:
+        return ApiError(error.code, str(body["error"]), str(body.get("message") or error.reason), body)
+    return ApiError(error.code, "http_error", str(error.reason or "error"), body)
