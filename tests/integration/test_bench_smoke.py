@@ -1,0 +1,41 @@
+"""`scripts/bench.py --tiny` still works end to end: every system starts, drains, answers.
+
+A benchmark is not a test; this only shows that the command in the README runs (its
+private Redis, both web processes, every worker kind and Celery) and prints its table.
+Its figures at this size mean nothing and are not checked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = (
+    "RQ `rq worker` (fork per job) x2",
+    "RQ `SimpleWorker` x2",
+    "TrustCardWorker (forking) x2",
+    "FastWorker (long-lived job process) x2",
+    "Celery prefork `-c 2`",
+)
+
+
+def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--keep", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    table = finished.stdout
+    for row in ROWS:
+        assert f"| {row} |" in table, table
+    assert "| RQ, HTTP API (Procfile web) |" in table
+    assert "| Celery, library |" in table
+    # The private redis-server and every process it started are gone.
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
