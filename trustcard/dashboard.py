@@ -1,35 +1,55 @@
 """rq-dashboard, mounted at /rq inside the web app, behind HTTP Basic auth.
 
-rq-dashboard 0.9.0 needs three fixes to serve this service:
+rq-dashboard 0.9.0 does not serve this service as shipped:
 
-- it reads jobs with the serializer set on `rq_dashboard.web.config`, pickle by
-  default: we set JSON;
-- its workers view builds workers with `Worker.all()` and no serializer, so a
-  running JSON job makes `/rq/0/data/workers.json` answer 500: its module-level
-  `Worker` is replaced by one that reads with JSON;
-- its blueprint is a module-level object, and a `before_request` hook cannot be
-  added once it has been registered on any app. The login guard is attached once,
-  at import, and reads the credentials of whichever app serves the request, so
-  every app built by `create_app` (tests build many) is guarded.
+- it reads jobs with the serializer on `rq_dashboard.web.config` (pickle by
+  default), and its job page, requeue action and workers view read jobs with no
+  serializer at all: with a JSON job running, `/rq/0/data/workers.json` answers 500.
+  Its module-level `Worker`, `Job` and `requeue_job` are replaced by ones that read
+  JSON;
+- it opens a new Redis client, without timeouts, on every request: it is given the
+  app's own client instead (timeouts, one pool; fakeredis in unit tests);
+- its blueprint is a module-level object: Flask refuses a `before_request` hook added
+  to it after its first registration, so a guard added per app breaks the second app
+  `create_app` builds. The login guard is an app-level hook on the /rq path instead,
+  attached to each app, and app-level hooks run before the blueprint's own.
 
-Without `DASHBOARD_PASSWORD` the blueprint is not registered: /rq is a plain 404.
+Without `DASHBOARD_PASSWORD` nothing is registered: /rq is our plain JSON 404.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import rq_dashboard
 import rq_dashboard.web
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, request
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, requeue_job
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
+from trustcard.api.errors import error_response
 from trustcard.config import Settings
+from trustcard.connections import REDIS_DOWN_ERRORS, web_redis
+from trustcard.exceptions import QueueUnavailable, TaskNotFound, TaskNotRetryable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from redis import Redis
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/rq"
+BLUEPRINT = rq_dashboard.blueprint.name
 REALM = 'Basic realm="TrustCard dashboard", charset="UTF-8"'
+REDIS_EXTENSION = "trustcard.redis"
+ONLY_INSTANCE = 0
+"""The dashboard shows one Redis (ours): instance 0 in its URLs."""
 
 
 class JSONReadingWorker(Worker):
@@ -39,6 +59,40 @@ class JSONReadingWorker(Worker):
     def all(cls, *args: Any, **kwargs: Any) -> list[Any]:
         kwargs["serializer"] = JSONSerializer
         return super().all(*args, **kwargs)
+
+
+class JSONReadingJob(Job):
+    """What the dashboard fetches single jobs with: JSON unless told otherwise."""
+
+    @classmethod
+    def fetch(cls, id: str, connection: Redis | None = None, serializer: Any = None) -> Job:
+        return super().fetch(id, connection=connection, serializer=serializer or JSONSerializer)
+
+
+def requeue_failed_job(job_id: str, connection: Redis) -> Job:
+    """The dashboard's requeue action: JSON, and a 409 (not a 500) for a job that has not failed."""
+    try:
+        return requeue_job(job_id, connection=connection, serializer=JSONSerializer)
+    except InvalidJobOperation:
+        raise TaskNotRetryable(f"Task {job_id} has not failed, so it cannot be requeued.", task_id=job_id) from None
+
+
+def app_redis(url: str, **_options: Any) -> tuple[None, Redis]:
+    """Stands in for rq-dashboard's `redis_sentinel_url.connect`: the serving app's client."""
+    return None, current_app.extensions[REDIS_EXTENSION]
+
+
+def _teach_rq_dashboard_json() -> None:
+    """Point rq-dashboard's module-level names at ours; idempotent, process-wide."""
+    rq_dashboard.web.config.serializer = JSONSerializer
+    rq_dashboard.web.Worker = JSONReadingWorker
+    rq_dashboard.web.Job = JSONReadingJob
+    rq_dashboard.web.requeue_job = requeue_failed_job
+    rq_dashboard.web.from_url = app_redis
+
+
+def _is_dashboard_path(path: str) -> bool:
+    return path == URL_PREFIX or path.startswith(URL_PREFIX + "/")
 
 
 def _credentials_match(settings: Settings) -> bool:
@@ -52,25 +106,51 @@ def _credentials_match(settings: Settings) -> bool:
 
 
 def require_login() -> Response | None:
-    """`before_request` guard on every dashboard route, GET and POST alike."""
-    if _credentials_match(current_app.config["TRUSTCARD_SETTINGS"]):
+    """App-level `before_request`: every path under /rq (GET, POST, static files) needs the login.
+
+    App-level hooks run before the blueprint's own, so no dashboard code (nor Redis)
+    is reached without it.
+    """
+    if not _is_dashboard_path(request.path):
         return None
-    response = jsonify({"error": "unauthorized", "message": "The dashboard needs a username and password."})
-    response.status_code = 401
-    response.headers["WWW-Authenticate"] = REALM
-    return response
+    if not _credentials_match(current_app.config["TRUSTCARD_SETTINGS"]):
+        response = error_response(401, "unauthorized", "The dashboard needs a username and password.")
+        response.headers["WWW-Authenticate"] = REALM
+        return response
+    instance = (request.view_args or {}).get("instance_number", ONLY_INSTANCE)
+    if instance != ONLY_INSTANCE:  # rq-dashboard answers 500 for an instance it does not have
+        return error_response(404, "not_found", f"The dashboard shows one Redis: instance {ONLY_INSTANCE}.")
+    return None
 
 
-rq_dashboard.web.config.serializer = JSONSerializer
-rq_dashboard.web.Worker = JSONReadingWorker
-rq_dashboard.web.blueprint.before_request(require_login)
+def _answering_as_json(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Unknown jobs become 404 and an unreachable Redis 503, instead of rq-dashboard's 500."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except NoSuchJobError:
+            raise TaskNotFound(f"No job {kwargs.get('job_id')!r}.", task_id=kwargs.get("job_id")) from None
+        except REDIS_DOWN_ERRORS as error:
+            log.warning("dashboard: redis unreachable: %s", error)
+            raise QueueUnavailable("The task queue (Redis) is unreachable; try again shortly.") from None
+
+    return wrapper
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    """Mount the dashboard at /rq when a password is configured."""
+    """Mount the dashboard at /rq when a password is configured; safe for any number of apps."""
     if settings.dashboard_password is None:
         return
+    _teach_rq_dashboard_json()
     app.config.from_object(rq_dashboard.default_settings)
-    app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
-    rq_dashboard.web.setup_rq_connection(app)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = (settings.redis_url,)
+    if REDIS_EXTENSION not in app.extensions:
+        app.extensions[REDIS_EXTENSION] = web_redis(settings.redis_url)
+    app.redis_conn = app.extensions[REDIS_EXTENSION]  # type: ignore[attr-defined]  # read by rq-dashboard
+    app.before_request(require_login)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)
+    for endpoint, view in list(app.view_functions.items()):
+        if endpoint.startswith(BLUEPRINT + "."):
+            app.view_functions[endpoint] = _answering_as_json(view)
