@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import worker_registration
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_WORKER_TTL
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -128,10 +129,18 @@ class TrustCardWorker(Worker):
         """Redis came back, but the job's end could not be recorded: fail it with the reason
         (its retry policy may requeue it) rather than leave it `started` for ever."""
         try:
-            if job.get_status(refresh=True) != JobStatus.STARTED:
-                return
+            status = job.get_status(refresh=True)
         except (NoSuchJobError, InvalidJobOperation):
             return  # Redis lost its data: the task is gone with it
+        if status in (JobStatus.QUEUED, JobStatus.CREATED):
+            # Taken off the queue, but Redis went away before the start was recorded: put it back.
+            self.connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job.id)
+            if self.connection.lpos(queue.key, job.id) is None:  # not back there already
+                self.connection.lpush(queue.key, job.id)
+            self.log.info("task %s put back on queue %s after the Redis outage", job.id, queue.name)
+            return
+        if status != JobStatus.STARTED:
+            return
         reason = "RedisConnectionLost: Redis went away while the job ran, so its outcome could not be recorded."
         self.handle_job_failure(job, queue=queue, exc_string=reason)
 
