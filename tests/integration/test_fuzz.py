@@ -35,14 +35,13 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
+from tests.integration.conftest import REDIS_URL
 from trustcard.app import create_app
 from trustcard.catalogue import JOB_TYPES
 from trustcard.config import load_settings
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
-"""This test's own database index on the machine's Redis; flushed before and after."""
 API_KEY = "fuzz-test-key"
 MAX_EXAMPLES = 50
 """Per operation and phase: about 700 requests in all, some seconds on a quiet machine."""
@@ -78,10 +77,10 @@ per_operation: defaultdict[str, set[int]] = defaultdict(set)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def fuzz_redis() -> Iterator[Redis]:
-    """This test's Redis database, empty before and after; the app's connections closed."""
-    client = Redis.from_url(REDIS_URL)
-    client.ping()  # a missing Redis fails the test: it is not skipped
+def fuzz_redis(redis_url: str) -> Iterator[Redis]:
+    """The suite's Redis database, empty before and after; the app's connections closed.
+    `redis_url` fails the run, never skips it, when Redis does not answer or is in use."""
+    client = Redis.from_url(redis_url)
     client.flushdb()
     yield client
     client.flushdb()
