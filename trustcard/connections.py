@@ -18,16 +18,17 @@ REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """What redis-py raises when the server is unreachable or stops answering."""
 
 WEB_CONNECT_TIMEOUT_SECONDS = 1.0
-WEB_SOCKET_TIMEOUT_SECONDS = 1.5
+WEB_SOCKET_TIMEOUT_SECONDS = 1.0
 
 
 def web_redis(url: str) -> Redis:
-    """A client for the web process: one quick retry (a pooled socket may be stale after a
-    Redis restart), then fail fast."""
+    """A client for the web process: one quick retry when a connection breaks (a pooled socket
+    may be stale after a Redis restart), none when Redis stops answering, so a frozen Redis
+    costs one socket timeout per request, not several."""
     return Redis.from_url(
         url,
         socket_connect_timeout=WEB_CONNECT_TIMEOUT_SECONDS,
         socket_timeout=WEB_SOCKET_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), retries=1),
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         health_check_interval=15,
     )

@@ -188,3 +188,25 @@ def test_thirty_seconds_without_redis_loses_nothing_accepted(
     assert worker.process.poll() is None, "the worker must carry on by itself"
     assert refused >= 20
     assert stack.wait_for(stack.submit("/tasks/test/add?x=2&y=3"))["result"] == 5
+
+
+def test_a_frozen_redis_still_gets_answers_within_three_seconds(
+    make_stack: Callable[..., Stack], private_redis: PrivateRedis
+) -> None:
+    """Redis accepts connections but never replies (hung, or cut off mid-stream)."""
+    stack = make_stack(redis_url=private_redis.url)
+    known = stack.submit("/tasks/test/add?x=1&y=1")
+    assert private_redis.process is not None
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
+    try:
+        for call in (
+            lambda: stack.client.post("/tasks/test/add?x=1&y=1"),
+            lambda: stack.client.get("/health"),
+            lambda: stack.client.get(f"/tasks/{known}"),
+            lambda: stack.client.delete(f"/tasks/{known}"),
+            lambda: stack.client.get("/tasks/"),
+        ):
+            response, seconds = timed(call)
+            assert response.status_code == 503 and seconds < 3, (response.get_json(), seconds)
+    finally:
+        os.kill(private_redis.process.pid, signal.SIGCONT)
