@@ -41,6 +41,8 @@ class Settings:
     dashboard_password: str | None = None
     max_request_bytes: int = 1_048_576
     worker_shutdown_grace: int = 25
+    worker_max_jobs_per_child: int = 50
+    worker_max_child_memory_mb: int = 1024
     rate_limit_per_minute: int = 600
     max_queue_depth: int = 50_000
     app_env: str = "development"
@@ -130,6 +132,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dashboard_password=_optional(env, "DASHBOARD_PASSWORD"),
         max_request_bytes=_number(env, "MAX_REQUEST_BYTES", 1_048_576, 1_024, 104_857_600),
         worker_shutdown_grace=_number(env, "WORKER_SHUTDOWN_GRACE", 25, 0, 3_600),
+        worker_max_jobs_per_child=_number(env, "WORKER_MAX_JOBS_PER_CHILD", 50, 1, 1_000_000),
+        worker_max_child_memory_mb=_number(env, "WORKER_MAX_CHILD_MEMORY_MB", 1024, 0, 1_048_576),
         rate_limit_per_minute=_number(env, "RATE_LIMIT_PER_MINUTE", 600, 0, 1_000_000),
         max_queue_depth=_number(env, "MAX_QUEUE_DEPTH", 50_000, 0, 100_000_000),
         app_env=app_env,

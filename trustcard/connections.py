@@ -11,11 +11,17 @@ from __future__ import annotations
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 REDIS_DOWN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 """What redis-py raises when the server is unreachable or stops answering."""
+
+REDIS_REFUSING_WRITES = (OutOfMemoryError, ReadOnlyError)
+"""What redis-py raises when Redis answers but takes no new data: `maxmemory` reached
+under `noeviction` (as production should run it), or a replica after a failover.
+Reads still work; writes are refused whole (a refused MULTI/EXEC writes nothing)."""
 
 WEB_CONNECT_TIMEOUT_SECONDS = 1.0
 WEB_SOCKET_TIMEOUT_SECONDS = 1.0

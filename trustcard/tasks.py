@@ -28,12 +28,13 @@ from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobEr
 from rq.job import Job, JobStatus, Retry
 from rq.job_lifecycle import record_job_failure
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
-from trustcard.connections import REDIS_DOWN_ERRORS
+from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
 from trustcard.exceptions import (
     IdempotencyKeyReused,
     QueueFull,
@@ -78,6 +79,16 @@ class TaskView:
 
 
 @dataclass(frozen=True)
+class StoredTask:
+    """One task as read from Redis in a single round trip: the job, our cancel flag, and
+    its latest result record (None until it has run)."""
+
+    job: Job
+    cancel_requested: bool
+    latest: Result | None
+
+
+@dataclass(frozen=True)
 class Submission:
     """A submitted task, and whether it is an earlier one returned for the same Idempotency-Key."""
 
@@ -94,7 +105,7 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def redis_required(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn "Redis does not answer" into `QueueUnavailable` (HTTP 503)."""
+    """Turn "Redis does not answer" and "Redis takes no new data" into `QueueUnavailable` (HTTP 503)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -103,6 +114,11 @@ def redis_required(method: Callable[P, R]) -> Callable[P, R]:
         except REDIS_DOWN_ERRORS as error:
             log.warning("redis unreachable during %s: %s", method.__name__, error)
             raise QueueUnavailable("The task queue (Redis) is unreachable; try again shortly.") from None
+        except REDIS_REFUSING_WRITES as error:
+            log.error("redis refused a write during %s: %s", method.__name__, error)
+            raise QueueUnavailable(
+                "The task queue (Redis) is refusing new data (out of memory or read-only); nothing was changed."
+            ) from None
 
     return wrapper
 
@@ -130,9 +146,15 @@ class TaskService:
     def __init__(self, connection: Redis, settings: Settings) -> None:
         self.connection = connection
         self.settings = settings
+        self._queues: dict[str, Queue] = {}
 
     def _queue(self, name: str) -> Queue:
-        return Queue(name, connection=self.connection, serializer=JSONSerializer)
+        """One `Queue` per name for the service's life: it caches Redis's version, which RQ
+        would otherwise ask for again (an INFO round trip) on every new `Queue`."""
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = Queue(name, connection=self.connection, serializer=JSONSerializer)
+        return queue
 
     @redis_required
     def submit(self, job_name: str, raw_params: Mapping[str, Any], idempotency_key: str | None = None) -> Submission:
@@ -157,22 +179,27 @@ class TaskService:
         hard_timeout = max(job_type.hard_timeout or self.settings.job_timeout, soft_timeout)
         retry = Retry(max=job_type.retries, interval=list(job_type.retry_backoff) or 0) if job_type.retries else None
         try:
-            job = queue.enqueue_call(
-                job_type.function,
-                kwargs=params,
-                timeout=soft_timeout,
-                result_ttl=job_type.result_ttl or self.settings.result_ttl,
-                failure_ttl=self.settings.failure_ttl,
-                meta={"job_type": job_type.name, "hard_timeout": hard_timeout},
-                retry=retry,
-                job_id=job_id,
-            )
+            # One MULTI/EXEC for the queue registration, the job and its push (RQ sends two).
+            with self.connection.pipeline() as pipeline:
+                job = queue.enqueue_call(
+                    job_type.function,
+                    kwargs=params,
+                    timeout=soft_timeout,
+                    result_ttl=job_type.result_ttl or self.settings.result_ttl,
+                    failure_ttl=self.settings.failure_ttl,
+                    meta={"job_type": job_type.name, "hard_timeout": hard_timeout},
+                    retry=retry,
+                    job_id=job_id,
+                    pipeline=pipeline,
+                )
+                pipeline.execute()
         except BaseException:
             if idempotency_key is not None:
                 self._release_idempotency_key(idempotency_key, job_id)
             raise
         log.info("task %s received: %s %s", job.id, job_type.name, params)
-        return Submission(self._view(job), replayed=False)
+        # Just enqueued under a new id: nothing to read back, no cancel flag, no result yet.
+        return Submission(self._view(StoredTask(job, cancel_requested=False, latest=None)), replayed=False)
 
     def _idempotency_redis_key(self, key: str) -> str:
         return IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
@@ -214,8 +241,9 @@ class TaskService:
     @redis_required
     def retry(self, task_id: str) -> TaskView:
         """Put a failed or cancelled task back on its queue, under the same id."""
-        job = self._fetch(task_id)
-        current = self._view(job)
+        stored = self._fetch(task_id)
+        job = stored.job
+        current = self._view(stored)
         if current.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise TaskNotRetryable(
                 f"Task {task_id} is {current.status}; only failed or cancelled tasks can be retried.",
@@ -230,8 +258,7 @@ class TaskService:
         except InvalidJobOperation:
             raise TaskNotRetryable(f"Task {task_id} is not in a state that can be retried now.") from None
         log.info("task %s requeued on request (was %s)", task_id, current.status)
-        job.refresh()
-        return self._view(job)
+        return self._view(self._read(job))
 
     @redis_required
     def get(self, task_id: str) -> TaskView:
@@ -240,8 +267,9 @@ class TaskService:
     @redis_required
     def cancel(self, task_id: str) -> TaskView:
         """A waiting task is taken off its queue; a running one is stopped by its worker."""
-        job = self._fetch(task_id)
-        current = self._view(job)
+        stored = self._fetch(task_id)
+        job = stored.job
+        current = self._view(stored)
         if TaskStatus(current.status).has_ended:
             raise TaskAlreadyEnded(
                 f"Task {task_id} has already ended as {current.status}; there is nothing to cancel.",
@@ -255,15 +283,13 @@ class TaskService:
             except InvalidJobOperation:
                 pass  # ended between our reads; the flag above still marks it
             self._wait_until_ended(job)
-            job.refresh()
         elif rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
             try:
                 job.cancel()
             except InvalidJobOperation:
                 pass  # already cancelled by someone else
-            job.refresh()
         log.info("task %s cancelled (was %s)", task_id, rq_status)
-        return self._view(job)
+        return self._view(self._read(job))
 
     @redis_required
     def running(self) -> list[TaskView]:
@@ -271,10 +297,11 @@ class TaskService:
         views = []
         for queue_name in QUEUE_NAMES:
             registry = StartedJobRegistry(queue_name, connection=self.connection, serializer=JSONSerializer)
-            job_ids = registry.get_job_ids()
-            for job in Job.fetch_many(job_ids, connection=self.connection, serializer=JSONSerializer):
-                if job is not None:
-                    views.append(self._view(job))
+            for job_id in registry.get_job_ids():
+                try:
+                    views.append(self._view(self._fetch(job_id)))
+                except TaskNotFound:
+                    continue  # ended and expired between the two reads
         return [view for view in views if view.status == TaskStatus.STARTED]
 
     @redis_required
@@ -285,13 +312,32 @@ class TaskService:
     def worker_count(self) -> int:
         return Worker.count(connection=self.connection)
 
-    def _fetch(self, task_id: str) -> Job:
+    def _fetch(self, task_id: str) -> StoredTask:
         if not TASK_ID_PATTERN.match(task_id):
             raise TaskNotFound(f"No task has the id {task_id!r}.")
+        job = Job(task_id, connection=self.connection, serializer=JSONSerializer)
         try:
-            return Job.fetch(task_id, connection=self.connection, serializer=JSONSerializer)
+            return self._read(job)
         except NoSuchJobError:
             raise TaskNotFound(f"No task has the id {task_id!r} (unknown, or its result has expired).") from None
+
+    def _read(self, job: Job) -> StoredTask:
+        """The job's hash and its latest result in one round trip (the API's hot path:
+        clients poll it); the cancel flag is a field of that same hash."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.hgetall(job.key)
+            pipeline.xrevrange(Result.get_key(job.id), "+", "-", count=1)
+            raw, results = pipeline.execute()
+        if not raw:
+            raise NoSuchJobError(f"No such job: {job.key}")
+        job.restore(raw)
+        latest = None
+        if results:
+            result_id, payload = results[0]
+            latest = Result.restore(
+                job.id, result_id.decode(), payload, connection=self.connection, serializer=JSONSerializer
+            )
+        return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in raw, latest=latest)
 
     def _wait_until_ended(self, job: Job) -> None:
         deadline = time.monotonic() + CANCEL_SETTLE_SECONDS
@@ -300,14 +346,14 @@ class TaskService:
                 return
             time.sleep(0.05)
 
-    def _settle_if_abandoned(self, job: Job) -> None:
+    def _settle_if_abandoned(self, job: Job) -> bool:
         """A started job whose worker no longer exists will never finish: let RQ's own
         abandoned-job handling fail it (or retry it, by its policy) now, not at the next
         maintenance pass minutes later. The worker's key lives only while it heartbeats."""
         if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
-            return
+            return False
         if self.connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name):
-            return
+            return False
         registry = StartedJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
         prefix = f"{job.id}:".encode()
         entries = [entry for entry in self.connection.zrange(registry.key, 0, -1) if entry.startswith(prefix)]
@@ -319,18 +365,18 @@ class TaskService:
                 record_job_failure(job, "AbandonedJobError: its worker is gone", pipeline)
                 pipeline.execute()
         log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)
-        job.refresh()
+        return True
 
-    def _view(self, job: Job) -> TaskView:
-        self._settle_if_abandoned(job)
-        cancel_requested = bool(self.connection.hexists(job.key, CANCEL_FIELD))
-        status = task_status(job.get_status(refresh=False), cancel_requested)
+    def _view(self, stored: StoredTask) -> TaskView:
+        if self._settle_if_abandoned(stored.job):
+            stored = self._read(stored.job)
+        job, latest = stored.job, stored.latest
+        status = task_status(job.get_status(refresh=False), stored.cancel_requested)
         result: Any = None
         error: str | None = None
         if status is TaskStatus.COMPLETED:
-            result = job.return_value()
+            result = latest.return_value if latest is not None and latest.type == Result.Type.SUCCESSFUL else None
         elif status is TaskStatus.FAILED:
-            latest = job.latest_result()
             error = summarise_failure(latest.exc_string if latest else None)
         elif status is TaskStatus.CANCELLED:
             error = "Cancelled on request."

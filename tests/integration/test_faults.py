@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from tests.integration.conftest import PrivateRedis, Stack, wait_until
 
@@ -63,6 +64,10 @@ def test_redis_outage_answers_503_fast_and_everything_recovers(
     assert health.get_json()["redis"] == "connected"
     assert worker.process.poll() is None, "the worker process must survive the outage"
     assert stack.wait_for(stack.submit("/tasks/test/add?x=3&y=4"))["result"] == 7
+    # RQ's scheduler process dies with the connection; until it runs again a delayed retry
+    # (test.fail retries once, a second later) stays pending, for 10 minutes in stock RQ.
+    retried = stack.submit("/tasks/test/fail", json={"message": "after the outage"})
+    assert stack.wait_for(retried, timeout=30)["status"] == "failed"
 
 
 def test_redis_appendonly_keeps_accepted_tasks_across_a_restart(
@@ -207,3 +212,40 @@ def test_a_frozen_redis_still_gets_answers_within_three_seconds(
         assert_every_endpoint_answers_503_quickly(stack, known)
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
+
+
+def oom_refusals(client: redis.Redis) -> int:
+    """How many commands Redis has refused for want of memory."""
+    return int(client.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
+
+
+def test_redis_out_of_memory_refuses_submissions_with_503_and_recovers(
+    make_stack: Callable[..., Stack], private_redis: PrivateRedis
+) -> None:
+    """Production Redis runs `noeviction`: at `maxmemory` it refuses writes, not reads.
+    Submissions and cancels get a 503 naming the cause, reads still answer, the worker
+    rides it out, and nothing half-written is left behind."""
+    stack = make_stack(redis_url=private_redis.url)
+    worker = stack.start_worker()
+    known = stack.submit("/tasks/test/add?x=1&y=1")
+    assert stack.wait_for(known)["result"] == 2
+    admin = redis.Redis.from_url(private_redis.url)
+    try:
+        jobs_before = set(admin.scan_iter("rq:job:*"))
+        admin.config_set("maxmemory", max(1, int(admin.info("memory")["used_memory"]) // 2))
+        try:
+            for _ in range(3):
+                refused = stack.client.post("/tasks/test/add?x=1&y=1")
+                assert refused.status_code == 503, refused.get_json()
+                body = refused.get_json()
+                assert body["error"] == "queue_unavailable" and "out of memory" in body["message"], body
+            assert stack.client.get(f"/tasks/{known}").get_json()["result"] == 2  # reads still work
+            assert set(admin.scan_iter("rq:job:*")) == jobs_before, "a refused submission left a job behind"
+            refusals = oom_refusals(admin)
+            wait_until(lambda: oom_refusals(admin) > refusals, 60, "the worker to be refused a write (a heartbeat)")
+        finally:
+            admin.config_set("maxmemory", 0)
+        assert worker.process.poll() is None, worker.log()
+        assert stack.wait_for(stack.submit("/tasks/test/add?x=2&y=3"))["result"] == 5
+    finally:
+        admin.close()

@@ -6,6 +6,7 @@ import json
 import zlib
 
 import fakeredis
+import redis.client
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -173,3 +174,48 @@ class TestApiKey:
         ok = client.post("/tasks/test/add?x=1&y=2", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 202
         assert client.get("/health").status_code == 200
+
+
+class RoundTrips:
+    """Counts Redis round trips: one per plain command, one per pipeline sent."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, connection: fakeredis.FakeRedis) -> None:
+        self.count = 0
+        execute_command, pipeline_execute = type(connection).execute_command, redis.client.Pipeline.execute
+
+        def counted_command(this: fakeredis.FakeRedis, *args: object, **kwargs: object) -> object:
+            self.count += 1
+            return execute_command(this, *args, **kwargs)
+
+        def counted_pipeline(this: redis.client.Pipeline, *args: object, **kwargs: object) -> object:
+            self.count += 1
+            return pipeline_execute(this, *args, **kwargs)
+
+        monkeypatch.setattr(type(connection), "execute_command", counted_command)
+        monkeypatch.setattr(redis.client.Pipeline, "execute", counted_pipeline)
+
+
+def test_reading_a_task_is_one_redis_round_trip(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients poll GET /tasks/<id>: the job hash, the cancel flag in it and the latest
+    result are read together, whatever state the task is in."""
+    waiting = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
+    cancelled = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
+    assert client.delete(f"/tasks/{cancelled}").status_code == 200
+    round_trips = RoundTrips(monkeypatch, fake_redis)
+    for task_id, status in ((waiting, "pending"), (cancelled, "cancelled")):
+        round_trips.count = 0
+        assert client.get(f"/tasks/{task_id}").get_json()["status"] == status
+        assert round_trips.count == 1, task_id
+
+
+def test_a_submission_is_three_redis_round_trips(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rate-limit count, the queue-depth check, and one transaction for the job."""
+    submit(client, "/tasks/test/add?x=1&y=2")  # the first one also learns Redis's version
+    round_trips = RoundTrips(monkeypatch, fake_redis)
+    task_id = submit(client, "/tasks/test/add?x=2&y=2")["task_id"]
+    assert round_trips.count == 3
+    assert fake_redis.lrange("rq:queue:analysis", 0, -1)[-1].decode() == task_id

@@ -42,6 +42,11 @@ def test_values_are_read() -> None:
     assert settings.api_key == "secret" and settings.is_production
 
 
+def test_worker_recycling_settings_are_read() -> None:
+    settings = load_settings({"WORKER_MAX_JOBS_PER_CHILD": "7", "WORKER_MAX_CHILD_MEMORY_MB": "0"})
+    assert (settings.worker_max_jobs_per_child, settings.worker_max_child_memory_mb) == (7, 0)
+
+
 def test_soft_limit_defaults_below_a_small_hard_limit() -> None:
     assert load_settings({"JOB_TIMEOUT": "100"}).job_soft_timeout == 100
 
@@ -60,6 +65,8 @@ def test_soft_limit_defaults_below_a_small_hard_limit() -> None:
         ({"APP_ENV": "staging"}, "APP_ENV"),
         ({"APP_ENV": "production"}, "SECRET_KEY"),
         ({"WEB_CONCURRENCY": "many"}, "WEB_CONCURRENCY"),
+        ({"WORKER_MAX_JOBS_PER_CHILD": "0"}, "WORKER_MAX_JOBS_PER_CHILD"),
+        ({"WORKER_MAX_CHILD_MEMORY_MB": "-1"}, "WORKER_MAX_CHILD_MEMORY_MB"),
     ],
 )
 def test_bad_setting_names_the_variable_in_one_sentence(env: dict[str, str], named: str) -> None:

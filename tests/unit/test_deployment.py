@@ -64,7 +64,7 @@ def test_procfile_declares_release_web_and_worker() -> None:
 def test_worker_line_serves_every_catalogued_queue_with_our_worker_and_json() -> None:
     words = shlex.split(procfile()["worker"])
     assert words[:2] == ["rq", "worker"]
-    assert words[words.index("--worker-class") + 1] == "workers.worker.TrustCardWorker"
+    assert words[words.index("--worker-class") + 1] == "workers.fast.FastWorker"
     assert words[words.index("--serializer") + 1] == "rq.serializers.JSONSerializer"
     assert words[words.index("--config") + 1] == "workers.settings"
     assert "--with-scheduler" in words  # delayed retries need it
@@ -152,6 +152,12 @@ def test_env_example_names_every_setting_and_nothing_unknown() -> None:
     assert documented - settings == set(OTHER_VARIABLES), "unknown in .env.example"
 
 
+def test_readme_settings_table_names_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [field.name.upper() for field in dataclasses.fields(Settings) if f"`{field.name.upper()}`" not in readme]
+    assert not missing, f"not in the README's settings table: {missing}"
+
+
 def test_env_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     values = {name: value or "" for name, value in env_example().items()}
     from_example = load_settings(values)
@@ -191,3 +197,11 @@ def test_run_script_takes_its_commands_from_the_procfile() -> None:
         assert f"procfile_line {name}" in run
     for command in procfile().values():
         assert command not in run, "scripts/run repeats a Procfile command instead of reading it"
+
+
+def test_the_redis_client_parses_replies_with_hiredis() -> None:
+    """requirements.txt pins hiredis for the web process's and workers' CPU; redis-py
+    falls back to its pure-Python parser, silently, when hiredis is not importable."""
+    import redis.utils
+
+    assert redis.utils.HIREDIS_AVAILABLE

@@ -2,7 +2,7 @@
 
 Counted in Redis so every web process and machine shares one count. A client is its
 bearer token when it sends one, else its address. When Redis is down the limit is
-not enforced: submissions answer 503 for that reason anyway.
+not enforced (nor when it refuses writes): submissions answer 503 for that reason anyway.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from flask import current_app, request
 from redis import Redis
 
-from trustcard.connections import REDIS_DOWN_ERRORS
+from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
 from trustcard.exceptions import RateLimited
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def limit_submissions() -> None:
             pipeline.incr(key)
             pipeline.expire(key, WINDOW_SECONDS + 1)
             count, _ = pipeline.execute()
-    except REDIS_DOWN_ERRORS:
-        return
+    except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES):
+        return  # the submission itself answers 503 for the same reason
     if count > limit:
         retry_after = max(1, int((window + 1) * WINDOW_SECONDS - now) + 1)
         raise RateLimited(

@@ -141,8 +141,8 @@ class JobProcess:
                     finished.batch if finished else None, None if reason is not None else worker._ordered_queues
                 )
             except REDIS_DOWN as error:
+                unrecorded = finished
                 if finished is not None:
-                    # Its end may not be recorded; the abandoned-task check settles it then.
                     log.error("task %s: lost Redis while recording its end (%s)", finished.job.id, error)
                     self.slot.end()
                     finished = None
@@ -150,6 +150,8 @@ class JobProcess:
                     return reason
                 log.error("job process: Redis unreachable (%s)", error)
                 self._wait_for_redis()
+                if unrecorded is not None:
+                    self._settle_after_outage(unrecorded.job, unrecorded.queue)
                 continue
             popped = found.job.id if isinstance(found, Dequeued) else ""
             if finished is not None:
@@ -185,10 +187,10 @@ class JobProcess:
             try:
                 finished = self.run_job(found)
             except REDIS_DOWN as error:
-                # Its end cannot be recorded now; the abandoned-task check settles it.
                 log.error("task %s: lost Redis while running it (%s)", found.job.id, error)
                 self.slot.end()
                 self._wait_for_redis()
+                self._settle_after_outage(found.job, found.queue)
             self.jobs_done += 1
             worker.reorder_queues(reference_queue=found.queue)
             idle_since = time.monotonic()
@@ -231,6 +233,11 @@ class JobProcess:
         worker = self.worker
         job, queue = found.job, found.queue
         remove_from_intermediate = len(worker.queues) == 1
+        if not worker._is_readable(job, queue):  # not JSON (a pickle, say): failed with the reason
+            if remove_from_intermediate:
+                worker.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+            self.slot.set_popped("")
+            return None
         if _CANCEL_FIELD in found.raw:
             log.info("task %s was cancelled before it started; not running it", job.id)
             job.cancel()
@@ -297,6 +304,21 @@ class JobProcess:
                 pass
             self._suspended = True
         time.sleep(SUSPENDED_PAUSE_SECONDS)
+
+    def _settle_after_outage(self, job: Job, queue: Queue) -> None:
+        """Redis is back but this job's start or end may not be recorded: put it back on its
+        queue if it never started, fail it with the reason if it still reads `started`
+        (its retry policy may requeue it), so it never stays `started` under a live worker.
+        Retried until Redis stays up long enough, or the job process is told to leave."""
+        while True:
+            try:
+                self.worker._settle_after_outage(job, queue)
+                return
+            except REDIS_DOWN as error:
+                log.error("task %s: Redis went away again while settling it (%s)", job.id, error)
+                self._wait_for_redis()
+                if self._reason_to_leave() is not None:
+                    return  # the abandoned-task check settles it once this worker is gone
 
     def _wait_for_redis(self) -> None:
         """Block until Redis answers, backing off; give up when asked to stop."""

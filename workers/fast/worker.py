@@ -45,6 +45,7 @@ from rq.utils import now
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from trustcard.catalogue import BY_FUNCTION
+from trustcard.config import load_settings
 from workers.fast.horse import (
     EXIT_CRASHED,
     EXIT_EMPTY,
@@ -63,8 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_JOBS_PER_CHILD = 50
-DEFAULT_MAX_CHILD_MEMORY_MB = 1024
 TICK_SECONDS = 0.5
 """Longest sleep of the supervisor: the precision of the hard limit."""
 LOCK_WAIT_SECONDS = 1.0
@@ -72,22 +71,14 @@ RESPAWN_PAUSE_MAX_SECONDS = 10.0
 LONG_JOB_SECONDS = 2.0
 """A job running this long gets its heartbeats from the supervisor."""
 
+MAX_DEATHS_BEFORE_START = 3
+"""Times a job may be taken by a job process that then dies before starting it; then it fails."""
+SCHEDULER_CHECK_SECONDS = 2.0
+"""How often the supervisor checks that its scheduler process is still alive."""
+
 STOPPED = "stopped"
 HARD_LIMIT = "hard limit"
 SHUTDOWN = "shutdown"
-
-
-def _env_number(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SystemExit(f"trustcard worker: {name} must be a whole number, got {raw!r}.") from None
-    if value < 0:
-        raise SystemExit(f"trustcard worker: {name} must not be negative, got {value}.")
-    return value
 
 
 @dataclass
@@ -105,14 +96,18 @@ class FastWorker(TrustCardWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_jobs_per_child = max(1, _env_number("WORKER_MAX_JOBS_PER_CHILD", DEFAULT_MAX_JOBS_PER_CHILD))
-        self.max_child_memory_mb = _env_number("WORKER_MAX_CHILD_MEMORY_MB", DEFAULT_MAX_CHILD_MEMORY_MB)
+        settings = load_settings()
+        self.max_jobs_per_child = settings.worker_max_jobs_per_child
+        self.max_child_memory_mb = settings.worker_max_child_memory_mb
         self._child: Child | None = None
         self._kill_reasons: dict[int, str] = {}
         self._jobs_done = 0
         self._wakeup_read: int | None = None
         self._next_heartbeat = 0.0
         self._respawn_pause = 0.0
+        self._next_scheduler_check = 0.0
+        self._deaths_before_start: dict[str, int] = {}
+        self._scheduler_reported: int | None = None
 
     # --- the supervisor's loop -----------------------------------------------------
 
@@ -190,8 +185,26 @@ class FastWorker(TrustCardWorker):
         if moment >= self._next_heartbeat:
             self._next_heartbeat = moment + self.job_monitoring_interval
             self._heartbeat_for(view, moment)
+        if moment >= self._next_scheduler_check:
+            self._next_scheduler_check = moment + SCHEDULER_CHECK_SECONDS
+            self._revive_scheduler()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
+
+    def _revive_scheduler(self) -> None:
+        """RQ's scheduler process exits on any Redis error, and stock RQ starts it again only
+        at its next maintenance, up to 10 minutes later: until then no delayed retry runs.
+        Start it again within moments (if this worker can take the scheduler's lock)."""
+        process = self.scheduler._process if self.scheduler is not None else None
+        if process is None or process.is_alive():  # is_alive() also reaps an exited one
+            return
+        if process.pid != self._scheduler_reported:
+            self._scheduler_reported = process.pid
+            self.log.warning("worker %s: scheduler process exited (code %s); starting it again", self.name, process.exitcode)
+        try:
+            self.scheduler.acquire_locks(auto_start=True)
+        except REDIS_DOWN as error:
+            self.log.warning("scheduler not restarted yet, Redis unreachable (%s)", error)
 
     def _next_wake(self) -> float:
         assert self._child is not None
@@ -362,12 +375,27 @@ class FastWorker(TrustCardWorker):
             self.executions.pop(execution.id, None)
 
     def _put_back(self, job_id: str) -> None:
-        """A job the dead process had taken off its queue but not started goes back to its front."""
+        """A job the dead process had taken off its queue but not started goes back to its front,
+        unless that keeps happening to it: then it is what kills the job process (a poison
+        pill), and it is failed with the reason instead of crashing every process that takes it."""
         try:
             job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
             if job.get_status(refresh=False) != JobStatus.QUEUED:
                 return
             queue = self._queue_named(job.origin)
+            deaths = self._deaths_before_start[job_id] = self._deaths_before_start.get(job_id, 0) + 1
+            if deaths >= MAX_DEATHS_BEFORE_START:
+                del self._deaths_before_start[job_id]
+                self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+                reason = (
+                    f"JobProcessCrashed: the job process died {deaths} times while taking this job, "
+                    "before it could start; it was not run."
+                )
+                self.log.error("task %s: %s", job.id, reason)
+                self.handle_job_failure(job, queue=queue, exc_string=reason)
+                return
+            if len(self._deaths_before_start) > 1000:  # forget old ones; a poison pill recurs at once
+                self._deaths_before_start.clear()
             with self.connection.pipeline() as pipeline:
                 pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
                 queue.push_job_id(job.id, pipeline=pipeline, at_front=True)
