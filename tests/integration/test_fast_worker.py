@@ -375,6 +375,8 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits(tmp_path: Path)
             assert view["status"] == "pending"  # back on its queue for the next worker
             assert client.lrange("rq:queue:analysis", 0, -1) == [task_id.encode()]
             assert Worker.count(connection=client) == 0
+            log = (tmp_path / "worker.log").read_text(errors="replace")
+            assert log.count("shutdown grace over, handing it back") == 1, log  # once, not once per tick
     finally:
         stop(process, tmp_path / "worker.log")
         client.close()

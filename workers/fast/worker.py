@@ -107,6 +107,7 @@ class FastWorker(TrustCardWorker):
         self._respawn_pause = 0.0
         self._next_scheduler_check = 0.0
         self._deaths_before_start: dict[str, int] = {}
+        self._handed_back_seq: int | None = None
         self._scheduler_reported: int | None = None
 
     # --- the supervisor's loop -----------------------------------------------------
@@ -179,7 +180,13 @@ class FastWorker(TrustCardWorker):
             self._kill_child(HARD_LIMIT, seq=view.seq)
         elif self._stop_requested:
             self._child.slot.request_stop()
-            if view.running and self._shutdown_deadline is not None and moment >= self._shutdown_deadline:
+            if (
+                view.running
+                and self._shutdown_deadline is not None
+                and moment >= self._shutdown_deadline
+                and self._handed_back_seq != view.seq  # once: the kill takes a moment to be reaped
+            ):
+                self._handed_back_seq = view.seq
                 self.log.warning("task %s: shutdown grace over, handing it back to the queue", view.job_id)
                 self._kill_child(SHUTDOWN, seq=view.seq)
         if moment >= self._next_heartbeat:
@@ -213,7 +220,7 @@ class FastWorker(TrustCardWorker):
         wake = min(TICK_SECONDS, max(0.0, self._next_heartbeat - moment))
         if view.running and view.hard_deadline:
             wake = min(wake, max(0.0, view.hard_deadline - moment))
-        if self._shutdown_deadline is not None:
+        if self._shutdown_deadline is not None and self._handed_back_seq != view.seq:
             wake = min(wake, max(0.0, self._shutdown_deadline - moment))
         return wake
 
