@@ -20,13 +20,14 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     `settings` defaults to the process environment; tests pass their own, and may pass
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
-    from trustcard import dashboard
+    from trustcard import dashboard, rq_speedups
     from trustcard.api import errors, health, openapi, requests, tasks
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
     from trustcard.tasks import TaskService
 
     settings = settings or load_settings()
+    rq_speedups.install()
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,

@@ -42,6 +42,7 @@ from rq.timeouts import HorseMonitorTimeoutException
 from rq.utils import now
 from rq.worker import Worker
 
+from trustcard import rq_speedups
 from trustcard.catalogue import BY_FUNCTION
 from trustcard.config import load_settings
 from trustcard.status import CANCEL_FIELD, summarise_failure
@@ -83,6 +84,7 @@ class TrustCardWorker(Worker):
     """A forking RQ worker with hard limits, JSON only, graceful shutdown, Redis outages survived."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        rq_speedups.install()
         kwargs["serializer"] = JSONSerializer
         kwargs["job_class"] = CatalogueJob
         # Tighter heartbeats than RQ's, unless the command line chose its own.
