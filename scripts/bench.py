@@ -14,7 +14,8 @@ turn (the order rotates so machine drift hits all of them):
   through the bare library (RQ: `Job.latest_result(timeout)`, Celery:
   `AsyncResult.get()`, both pushed, no polling) and through HTTP (POST, then GET every
   millisecond until completed);
-- peak memory: the sum of VmHWM over the worker processes and their children, sampled.
+- peak memory: the sum of VmHWM (peak RSS) over the worker processes and their children,
+  and the highest sum of their PSS (shared pages split between the processes), sampled.
 
 Systems: `rq-fork` (stock `rq worker`, a fork per job), `rq-simple` (`SimpleWorker`),
 `trustcard` (`workers.worker.TrustCardWorker`, the forking worker), `fast`
@@ -171,11 +172,14 @@ def venv_bin(name: str) -> str:
 
 
 class PeakMemory:
-    """Samples the sum of VmHWM (peak RSS) over a process and its descendants."""
+    """Samples, over a process and its descendants, the sum of VmHWM (peak RSS) and the
+    highest sum of PSS seen. RSS counts a page shared after a fork once per process; PSS
+    splits it between them, so it says what the set of processes really holds."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self.peak_kb = 0
+        self.peak_pss_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -193,7 +197,7 @@ class PeakMemory:
             self._sample()
 
     def _sample(self) -> None:
-        total = 0
+        total = pss = 0
         for pid in self.pids:
             try:
                 root = psutil.Process(pid)
@@ -202,7 +206,19 @@ class PeakMemory:
                 continue
             for process in processes:
                 total += _vm_hwm_kb(process.pid)
+                pss += _pss_kb(process.pid)
         self.peak_kb = max(self.peak_kb, total)
+        self.peak_pss_kb = max(self.peak_pss_kb, pss)
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _vm_hwm_kb(pid: int) -> int:
@@ -224,6 +240,7 @@ class Results:
     lib_latency: list[float] = field(default_factory=list)
     http_latency: list[float] = field(default_factory=list)
     peak_kb: list[int] = field(default_factory=list)
+    peak_pss_kb: list[int] = field(default_factory=list)
 
 
 class Bench:
@@ -359,12 +376,14 @@ class Bench:
                 self.results[name].lib_latency.extend(self._latency_library(name))
                 self.results[name].http_latency.extend(self._latency_http(name))
             self.results[name].peak_kb.append(memory.peak_kb)
+            self.results[name].peak_pss_kb.append(memory.peak_pss_kb)
         finally:
             for worker in workers:
                 worker.stop()
-        log.info("  %s: drain %.0f jobs/s, round trip p50 %.1f ms (library) %.1f ms (HTTP), peak RSS %.0f MB",
-                 name, self.results[name].drain[-1], _percentile(self.results[name].lib_latency, 50),
-                 _percentile(self.results[name].http_latency, 50), memory.peak_kb / 1024)
+        log.info("  %s: drain %.0f jobs/s, round trip p50 %.1f ms (library) %.1f ms (HTTP), peak RSS %.0f MB, "
+                 "peak PSS %.0f MB", name, self.results[name].drain[-1],
+                 _percentile(self.results[name].lib_latency, 50), _percentile(self.results[name].http_latency, 50),
+                 memory.peak_kb / 1024, memory.peak_pss_kb / 1024)
 
     def _start_workers(self, name: str) -> list[Started]:
         env = self._env()
@@ -473,8 +492,8 @@ class Bench:
             f"{self.args.rounds} round(s); drain: median of rounds; round trips: percentiles of all samples.",
             "",
             "| worker | drain, jobs/s | vs Celery | round trip, library, p50 / p90 / p99 ms | vs Celery (p50) "
-            "| round trip, HTTP, p50 / p90 / p99 ms | vs Celery (p50) | peak RSS, MB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| round trip, HTTP, p50 / p90 / p99 ms | vs Celery (p50) | peak RSS, MB | peak PSS, MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         def p50(values: list[float] | None) -> float | None:
             return _percentile(values, 50) if values else None
@@ -487,7 +506,7 @@ class Bench:
                 f"| {_ratio(p50(result.lib_latency), p50(reference and reference.lib_latency))} "
                 f"| {_spread(result.http_latency)} "
                 f"| {_ratio(p50(result.http_latency), p50(reference and reference.http_latency))} "
-                f"| {max(result.peak_kb) / 1024:,.0f} |"
+                f"| {max(result.peak_kb) / 1024:,.0f} | {max(result.peak_pss_kb) / 1024:,.0f} |"
             )
         lines += ["", "| enqueue path | jobs/s | vs Celery, same path |", "| --- | --- | --- |"]
         for label, rates in self.enqueue.items():

@@ -34,6 +34,9 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     table = finished.stdout
     for row in ROWS:
         assert f"| {row} |" in table, table
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row} |"))
+        peak_rss, peak_pss = (float(cell.replace(",", "")) for cell in line.strip("| ").split(" | ")[-2:])
+        assert 0 < peak_pss <= peak_rss, line  # both memory figures were sampled
     assert "| RQ, HTTP API (Procfile web) |" in table
     assert "| Celery, library |" in table
     # The private redis-server and every process it started are gone.
