@@ -367,22 +367,24 @@ class Bench:
             raise RuntimeError(f"submission answered {status}: {body}")
 
     def measure_system(self, name: str) -> None:
+        result = self.results[name]
+        lib_before, http_before = len(result.lib_latency), len(result.http_latency)
         self.flush()
         workers = self._start_workers(name)
         try:
             with PeakMemory([worker.process.pid for worker in workers]) as memory:
                 self._warm_up(name)
-                self.results[name].drain.append(self._drain(name))
-                self.results[name].lib_latency.extend(self._latency_library(name))
-                self.results[name].http_latency.extend(self._latency_http(name))
-            self.results[name].peak_kb.append(memory.peak_kb)
-            self.results[name].peak_pss_kb.append(memory.peak_pss_kb)
+                result.drain.append(self._drain(name))
+                result.lib_latency.extend(self._latency_library(name))
+                result.http_latency.extend(self._latency_http(name))
+            result.peak_kb.append(memory.peak_kb)
+            result.peak_pss_kb.append(memory.peak_pss_kb)
         finally:
             for worker in workers:
                 worker.stop()
-        log.info("  %s: drain %.0f jobs/s, round trip p50 %.1f ms (library) %.1f ms (HTTP), peak RSS %.0f MB, "
-                 "peak PSS %.0f MB", name, self.results[name].drain[-1],
-                 _percentile(self.results[name].lib_latency, 50), _percentile(self.results[name].http_latency, 50),
+        log.info("  %s: drain %.0f jobs/s, round trip p50 this round %.1f ms (library) %.1f ms (HTTP), "
+                 "peak RSS %.0f MB, peak PSS %.0f MB", name, result.drain[-1],
+                 _percentile(result.lib_latency[lib_before:], 50), _percentile(result.http_latency[http_before:], 50),
                  memory.peak_kb / 1024, memory.peak_pss_kb / 1024)
 
     def _start_workers(self, name: str) -> list[Started]:
