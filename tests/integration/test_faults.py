@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -136,6 +137,29 @@ def test_a_worker_killed_outright_leaves_no_task_started_for_ever(make_stack: Ca
     task = stack.wait_for(task_id, ("failed",), timeout=120)
     assert task["error"].startswith("Abandoned")
     assert time.monotonic() - killed_at < 120
+
+
+def test_when_only_the_worker_process_is_killed_its_children_go_too(make_stack: Callable[..., Stack]) -> None:
+    """SIGKILL to the worker alone (an OOM kill, a `kill -9` of its pid): neither its job
+    process nor its scheduler process may run on unsupervised. (How the task then ends is
+    `test_a_worker_killed_outright_leaves_no_task_started_for_ever`.)"""
+    stack = make_stack()
+    worker = stack.start_worker()
+    children = wait_until(lambda: len(kids := worker.children()) == 2 and kids, 10, "the job and scheduler processes")
+    task_id = stack.submit("/tasks/test/sleep?seconds=300")
+    stack.wait_for(task_id, ("started",))
+    os.kill(worker.process.pid, signal.SIGKILL)
+    wait_until(lambda: not any(running(pid) for pid in children), 10, f"{children} to exit")
+    lock = stack.app.extensions["trustcard.redis"].get("rq:scheduler-lock:analysis")
+    assert lock is None, "the scheduler released its lock as it stopped"
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_api_key_guards_the_task_endpoints(make_stack: Callable[..., Stack]) -> None:

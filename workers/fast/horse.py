@@ -72,11 +72,12 @@ _PR_SET_PDEATHSIG = 1
 _CANCEL_FIELD = CANCEL_FIELD.encode()
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies; exit now if it already has."""
+def die_with_parent(parent_pid: int, signal_number: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `signal_number` to this process when its parent dies (however it
+    dies); exit now if it already has."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal_number, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the loop's getppid() check remains
         log.debug("PR_SET_PDEATHSIG unavailable")
     if os.getppid() != parent_pid:

@@ -54,6 +54,7 @@ from workers.fast.horse import (
     JobProcess,
     job_status_ended,
 )
+from workers.fast.scheduler import SupervisedScheduler
 from workers.fast.slot import JobSlot, SlotView
 from workers.worker import REDIS_DOWN, TrustCardWorker, hard_timeout_of
 
@@ -197,6 +198,29 @@ class FastWorker(TrustCardWorker):
             self._revive_scheduler()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """As RQ's, but the scheduler process stops when this worker dies, even by SIGKILL."""
+        if burst:  # RQ runs the scheduler once in this process: nothing to supervise
+            super()._start_scheduler(burst, logging_level, date_format, log_format)
+            return
+        self.scheduler = SupervisedScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            self.scheduler.start()
 
     def _revive_scheduler(self) -> None:
         """RQ's scheduler process exits on any Redis error, and stock RQ starts it again only
