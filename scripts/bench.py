@@ -205,26 +205,17 @@ class PeakMemory:
             except psutil.NoSuchProcess:
                 continue
             for process in processes:
-                total += _vm_hwm_kb(process.pid)
-                pss += _pss_kb(process.pid)
+                total += _proc_kb(process.pid, "status", "VmHWM")
+                pss += _proc_kb(process.pid, "smaps_rollup", "Pss")
         self.peak_kb = max(self.peak_kb, total)
         self.peak_pss_kb = max(self.peak_pss_kb, pss)
 
 
-def _pss_kb(pid: int) -> int:
+def _proc_kb(pid: int, file: str, field: str) -> int:
+    """A kB figure from /proc/<pid>/<file> (`status`: VmHWM; `smaps_rollup`: Pss); 0 once gone."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _vm_hwm_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass

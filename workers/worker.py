@@ -94,7 +94,8 @@ class TrustCardWorker(Worker):
             kwargs["job_monitoring_interval"] = JOB_MONITORING_INTERVAL_SECONDS
         super().__init__(*args, **kwargs)
         self.max_connection_wait_time = REDIS_RETRY_MAX_SECONDS
-        self.shutdown_grace = load_settings().worker_shutdown_grace
+        self.settings = load_settings()
+        self.shutdown_grace = self.settings.worker_shutdown_grace
         self._shutdown_deadline: float | None = None
         self._hard_limited_job_id: str | None = None
         self._interrupted_job_id: str | None = None

@@ -235,17 +235,11 @@ class JobProcess:
         job, queue = found.job, found.queue
         remove_from_intermediate = len(worker.queues) == 1
         if not worker._is_readable(job, queue):  # not JSON (a pickle, say): failed with the reason
-            if remove_from_intermediate:
-                worker.connection.lrem(queue.intermediate_queue_key, 1, job.id)
-            self.slot.set_popped("")
-            return None
+            return self._let_go(job, queue, remove_from_intermediate)
         if _CANCEL_FIELD in found.raw:
             log.info("task %s was cancelled before it started; not running it", job.id)
             job.cancel()
-            if remove_from_intermediate:
-                worker.connection.lrem(queue.intermediate_queue_key, 1, job.id)
-            self.slot.set_popped("")
-            return None
+            return self._let_go(job, queue, remove_from_intermediate)
         log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
         soft_timeout = job.timeout or worker.queue_class.DEFAULT_TIMEOUT
         # RQ takes the job out of its origin's intermediate list (the queue it came from).
@@ -283,6 +277,12 @@ class JobProcess:
             worker.set_state(WorkerStatus.IDLE)
         self.slot.end()
         return None
+
+    def _let_go(self, job: Job, queue: Queue, remove_from_intermediate: bool) -> None:
+        """A job taken but ended without running: off the intermediate list and the slot."""
+        if remove_from_intermediate:
+            self.worker.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        self.slot.set_popped("")
 
     def _after_success(self, finished: Finished, dependents: object) -> None:
         job = finished.job

@@ -45,7 +45,6 @@ from rq.utils import now
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from trustcard.catalogue import BY_FUNCTION
-from trustcard.config import load_settings
 from workers.fast.horse import (
     EXIT_CRASHED,
     EXIT_EMPTY,
@@ -97,9 +96,8 @@ class FastWorker(TrustCardWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = load_settings()
-        self.max_jobs_per_child = settings.worker_max_jobs_per_child
-        self.max_child_memory_mb = settings.worker_max_child_memory_mb
+        self.max_jobs_per_child = self.settings.worker_max_jobs_per_child
+        self.max_child_memory_mb = self.settings.worker_max_child_memory_mb
         self._child: Child | None = None
         self._kill_reasons: dict[int, str] = {}
         self._jobs_done = 0
