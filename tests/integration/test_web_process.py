@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -92,3 +93,51 @@ def test_sigterm_drains_the_request_in_flight_then_stops(
             request(web, "GET", "/health")
     finally:
         os.kill(worker.process.pid, signal.SIGCONT)
+
+
+def raw_exchange(web: WebProcess, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (http.client would refuse to build most of these) and read
+    the answer until gunicorn closes the connection."""
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+GUNICORN_REFUSALS = {
+    "request line over 4094 bytes": (b"GET /tasks/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414,
+                                     "uri_too_long", "4094 bytes"),
+    "too many header fields": (b"GET /health HTTP/1.1\r\nHost: t\r\n"
+                               + b"".join(b"X-Field-%d: v\r\n" % n for n in range(120)) + b"\r\n", 431,
+                               "request_header_fields_too_large", "more header fields than the limit of 100"),
+    "a header field too large": (b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431,
+                                 "request_header_fields_too_large", "8190 bytes"),
+    "malformed request line": (b"HELLO\r\n\r\n", 400, "bad_request", "'HELLO' is not 'METHOD target HTTP/1.1'"),
+    "bad HTTP version": (b"GET /health HTTP/7.3\r\nHost: t\r\n\r\n", 400, "bad_request", "'HTTP/7.3'"),
+    "invalid header name": (b"GET /health HTTP/1.1\r\nHost: t\r\nBad Name: v\r\n\r\n", 400, "bad_request",
+                            "header name 'Bad Name'"),
+    "contradicting lengths": (b"POST /tasks/test/add HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n"
+                              b"Content-Length: 2\r\n\r\nxx", 400, "bad_request", "'CONTENT-LENGTH'"),
+}
+
+
+def test_gunicorns_own_refusals_are_json_errors(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]
+) -> None:
+    """Requests gunicorn refuses before the app sees them get the API's error shape, each
+    with its own status and a message naming what was wrong; the web serves on after them."""
+    web = start_web(make_stack().env)
+    for kind, (data, status, code, phrase) in GUNICORN_REFUSALS.items():
+        got_status, headers, body = raw_exchange(web, data)
+        assert got_status == status, kind
+        assert headers["content-type"] == "application/json", kind
+        answer = json.loads(body)
+        assert set(answer) == {"error", "message"} and answer["error"] == code, (kind, answer)
+        assert phrase in answer["message"], (kind, answer)
+        assert 20 <= len(headers["x-request-id"]) <= 200, kind
+    assert request(web, "GET", "/health")[0] == 200

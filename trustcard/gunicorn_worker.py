@@ -1,0 +1,145 @@
+"""Gunicorn's gthread worker, with its own refusals answered in the API's JSON error shape.
+
+Gunicorn refuses some requests before the app sees them: a request line over
+`limit_request_line` (414), too many or too large header fields (431), a malformed
+request line, HTTP version or header (400). Stock gunicorn answers those with an HTML
+page; clients of this API expect `{"error": code, "message": sentence}` everywhere.
+
+The worker lets gunicorn's own `handle_error` decide the status and do its logging and
+access log, writing into a recorder instead of the client's socket, then sends the same
+status with a JSON body that says what was wrong. So the statuses stay gunicorn's, and
+only the body changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from gunicorn.http import errors
+from gunicorn.util import write_nonblock
+from gunicorn.workers.gthread import ThreadWorker
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9+/=-]{20,200}$")
+"""A router's request id is kept when it looks like one (the app applies the same rule)."""
+QUOTED_LIMIT = 80
+"""How much of a refused request line or header a message quotes back."""
+
+REFUSAL_CODES: dict[int, str] = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+"""The `error` code of each status gunicorn refuses with."""
+STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
+
+
+class JSONErrorWorker(ThreadWorker):
+    """gthread, but every error gunicorn answers itself is JSON."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        recorder = _Recorder()
+        super().handle_error(req, recorder, addr, exc)  # gunicorn's status, log lines and access log
+        status, reason = recorder.status(exc)
+        code = REFUSAL_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+        error = {"error": code, "message": refusal_message(exc, status, self.cfg)}
+        body = json.dumps(error, separators=(",", ":")).encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\n"
+            "Connection: close\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"{REQUEST_ID_HEADER}: {request_id(req or getattr(exc, 'req', None))}\r\n"
+            "\r\n"
+        ).encode("latin-1")
+        try:
+            write_nonblock(client, head + body)
+        except OSError as failure:  # the client went away: nothing to answer
+            log.debug("could not send the refusal: %s", failure)
+
+
+class _Recorder:
+    """Stands in for the client's socket while gunicorn writes its HTML error page."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def status(self, exc: BaseException) -> tuple[int, str]:
+        """The status gunicorn chose. When it wrote nothing recognisable (its page failed
+        to encode, say): 400 for a request its parser refused, else 500."""
+        match = STATUS_LINE.match(self.data)
+        if match is not None:
+            return int(match.group(1)), match.group(2).decode("latin-1")
+        if isinstance(exc, errors.ParseException):
+            return 400, "Bad Request"
+        return 500, "Internal Server Error"
+
+
+def request_id(req: Any) -> str:
+    """The request's own X-Request-Id when gunicorn parsed a valid one, else a new id."""
+    for name, value in getattr(req, "headers", None) or []:
+        if name.upper() == REQUEST_ID_HEADER.upper() and REQUEST_ID_PATTERN.match(value):
+            return str(value)
+    return uuid.uuid4().hex
+
+
+def _quoted(value: Any) -> str:
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    if len(text) > QUOTED_LIMIT:
+        text = text[:QUOTED_LIMIT] + "..."
+    escaped = json.dumps(text)[1:-1]  # control characters and non-ASCII as escapes
+    return f"'{escaped}'"
+
+
+def refusal_message(exc: BaseException, status: int, cfg: Any) -> str:
+    """One sentence naming what was wrong with the request."""
+    if isinstance(exc, errors.LimitRequestLine):
+        limit = exc.max_size or cfg.limit_request_line
+        return f"The request line is longer than the limit of {limit} bytes; send long parameters in a JSON body."
+    if isinstance(exc, errors.LimitRequestHeaders):
+        if "size" in str(exc):
+            return f"A request header field is larger than the limit of {cfg.limit_request_field_size} bytes."
+        return f"The request has more header fields than the limit of {cfg.limit_request_fields}."
+    if isinstance(exc, errors.InvalidRequestLine):
+        return f"The request line {_quoted(exc.req)} is not 'METHOD target HTTP/1.1'."
+    if isinstance(exc, errors.InvalidRequestMethod):
+        return f"The request method {_quoted(exc.method)} is not valid."
+    if isinstance(exc, errors.InvalidHTTPVersion):
+        version = exc.version
+        if isinstance(version, tuple):  # gunicorn parsed the digits: (major, minor)
+            version = "HTTP/" + ".".join(str(part) for part in version)
+        return f"The HTTP version {_quoted(version)} is not supported; use HTTP/1.0 or HTTP/1.1."
+    if isinstance(exc, errors.ObsoleteFolding):
+        return f"The request header {_quoted(exc.hdr)} is folded over several lines, which HTTP/1.1 forbids."
+    if isinstance(exc, errors.InvalidHeaderName):
+        return f"The request header name {_quoted(exc.hdr)} is not valid."
+    if isinstance(exc, errors.InvalidHeader):
+        return f"The request header {_quoted(exc.hdr)} is not valid or contradicts another header."
+    if isinstance(exc, errors.UnsupportedTransferCoding):
+        return f"The transfer coding {_quoted(exc.hdr)} is not supported; use chunked or a Content-Length."
+    if isinstance(exc, (errors.InvalidChunkSize, errors.ChunkMissingTerminator, errors.InvalidChunkExtension)):
+        return "The chunked request body is malformed."
+    if isinstance(exc, errors.ExpectationFailed):
+        return f"The Expect header {_quoted(exc.expect)} cannot be met; only '100-continue' is understood."
+    if isinstance(exc, (errors.InvalidProxyLine, errors.ForbiddenProxyRequest, errors.InvalidSchemeHeaders)):
+        return "The request's proxy or scheme information is not valid or not allowed."
+    if status >= 500:
+        return "The server hit an unexpected error; it has been logged."
+    return "The request could not be read as HTTP/1.1."
+
