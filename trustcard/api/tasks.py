@@ -51,12 +51,12 @@ def _idempotency_key() -> str | None:
     return key
 
 
-@bp.get("/<task_id>")
+@bp.get("/<path:task_id>")  # an id with "/" is an unknown task (404), not another route
 def status(task_id: str) -> Response:
     return jsonify(_service().get(task_id).to_dict())
 
 
-@bp.delete("/<task_id>")
+@bp.delete("/<path:task_id>")
 def cancel(task_id: str) -> Response:
     task = _service().cancel(task_id)
     return jsonify({"task_id": task.task_id, "status": task.status, "error": task.error})
