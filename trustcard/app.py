@@ -21,7 +21,8 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
     from trustcard import dashboard, rq_speedups
-    from trustcard.api import errors, health, openapi, requests, tasks
+    from trustcard.api import auth, errors, health, openapi, requests, tasks
+    from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
     from trustcard.tasks import TaskService
@@ -37,15 +38,18 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("trustcard").setLevel(logging.INFO)
 
-    redis = redis if redis is not None else web_redis(settings.redis_url)
+    redis = redis if redis is not None else web_redis(settings)
     app.extensions["trustcard.redis"] = redis
     app.extensions["trustcard.engine"] = make_engine(settings.database_url)
     app.extensions["trustcard.tasks"] = TaskService(redis, settings)
+    app.extensions["trustcard.ratelimiter"] = RateLimiter(redis, settings)
 
+    auth.init_app(app, settings)
     app.before_request(requests.refuse_oversized_body)
     errors.init_app(app)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    __import__("trustcard.api.metrics", fromlist=["init_app"]).init_app(app)
     dashboard.init_app(app, settings)
     return app

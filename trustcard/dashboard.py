@@ -147,7 +147,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = (settings.redis_url,)
     if REDIS_EXTENSION not in app.extensions:
-        app.extensions[REDIS_EXTENSION] = web_redis(settings.redis_url)
+        app.extensions[REDIS_EXTENSION] = web_redis(settings)
     app.redis_conn = app.extensions[REDIS_EXTENSION]  # type: ignore[attr-defined]  # read by rq-dashboard
     app.before_request(require_login)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)

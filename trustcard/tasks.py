@@ -32,6 +32,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
+from trustcard import logs
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
@@ -70,6 +71,7 @@ class TaskView:
     error: str | None
     progress: dict[str, Any] | None
     worker: str | None
+    submitted_by: str | None
     submitted_at: str | None
     started_at: str | None
     ended_at: str | None
@@ -157,11 +159,21 @@ class TaskService:
         return queue
 
     @redis_required
-    def submit(self, job_name: str, raw_params: Mapping[str, Any], idempotency_key: str | None = None) -> Submission:
+    def submit(
+        self,
+        job_name: str,
+        raw_params: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        submitted_by: str | None = None,
+        request_id: str | None = None,
+    ) -> Submission:
         """Validate and enqueue; the view is the task as stored in Redis.
 
         With an `idempotency_key`, the same key within the result lifetime answers with the
         first task instead of enqueuing another (and refuses other parameters under it).
+        `submitted_by` and `request_id` are kept on the job, so that the worker's log lines
+        name the same request as the router's and the web's.
         """
         job_type = BY_NAME.get(job_name)
         if job_type is None:
@@ -187,7 +199,12 @@ class TaskService:
                     timeout=soft_timeout,
                     result_ttl=job_type.result_ttl or self.settings.result_ttl,
                     failure_ttl=self.settings.failure_ttl,
-                    meta={"job_type": job_type.name, "hard_timeout": hard_timeout},
+                    meta={
+                        "job_type": job_type.name,
+                        "hard_timeout": hard_timeout,
+                        "submitted_by": submitted_by,
+                        "request_id": request_id,
+                    },
                     retry=retry,
                     job_id=job_id,
                     pipeline=pipeline,
@@ -197,7 +214,8 @@ class TaskService:
             if idempotency_key is not None:
                 self._release_idempotency_key(idempotency_key, job_id)
             raise
-        log.info("task %s received: %s %s", job.id, job_type.name, params)
+        with logs.bound(task_id=job.id):
+            log.info("task %s received: %s %s", job.id, job_type.name, params)
         # Just enqueued under a new id: nothing to read back, no cancel flag, no result yet.
         return Submission(self._view(StoredTask(job, cancel_requested=False, latest=None)), replayed=False)
 
@@ -236,7 +254,7 @@ class TaskService:
             return self._view(self._fetch(task_id))
         except TaskNotFound:
             return TaskView(task_id, job_type.name, job_type.queue, TaskStatus.PENDING.value,
-                            None, None, None, None, None, None, None)
+                            None, None, None, None, None, None, None, None)
 
     @redis_required
     def retry(self, task_id: str) -> TaskView:
@@ -393,6 +411,7 @@ class TaskService:
             error=error,
             progress=meta.get("progress"),
             worker=job.worker_name,
+            submitted_by=meta.get("submitted_by"),
             submitted_at=_iso(job.created_at),
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),

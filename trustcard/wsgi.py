@@ -17,8 +17,12 @@ load_dotenv(override=False)
 
 try:
     from trustcard.app import create_app
+    from trustcard.config import load_settings
+    from trustcard.logs import configure_logging
 
-    app = create_app()
+    _settings = load_settings()
+    configure_logging(_settings)
+    app = create_app(_settings)
 except ConfigError as error:
     print(f"trustcard: configuration error: {error}", file=sys.stderr, flush=True)
     sys.exit(3)

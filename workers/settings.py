@@ -4,21 +4,25 @@ RQ reads the UPPERCASE names below. Importing this module is the worker's entry
 point, so it loads `.env`, validates the settings (a bad one stops the worker with
 one sentence), and waits for Redis to answer: stock `rq worker` exits at once when
 Redis is not up yet, and a platform may start the worker before Redis.
+
+`REDIS_URL` carries the TLS settings in its query (`trustcard.connections`): `rq worker`
+builds its client from the URL alone and ignores every other TLS setting.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 import time
 
 from dotenv import load_dotenv
-from redis import Redis
 
 from trustcard.catalogue import QUEUE_NAMES
-from trustcard.config import load_settings
-from trustcard.connections import REDIS_DOWN_ERRORS
+from trustcard.config import Settings, load_settings
+from trustcard.connections import REDIS_DOWN_ERRORS, redis_client, worker_redis_url
 from trustcard.exceptions import ConfigError
+from trustcard.logs import configure_logging, redacted_url
 
 load_dotenv(override=False)
 
@@ -28,24 +32,43 @@ except ConfigError as error:
     print(f"trustcard worker: configuration error: {error}", file=sys.stderr, flush=True)
     sys.exit(3)
 
-REDIS_URL = _settings.redis_url
+configure_logging(_settings)
+REDIS_URL = worker_redis_url(_settings)
 QUEUES = list(QUEUE_NAMES)
+log = logging.getLogger(__name__)
 
 
-def wait_for_redis(url: str, pause_limit: float = 5.0) -> None:
-    """Return once Redis at `url` answers PING, retrying with back-off."""
-    client = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+def wait_for_redis(settings: Settings, pause_limit: float = 5.0) -> None:
+    """Return once Redis answers PING, retrying with back-off. A refused TLS certificate
+    will not fix itself, so it is named with the settings that fix it."""
+    client = redis_client(settings, socket_connect_timeout=2, socket_timeout=2)
+    where = redacted_url(settings.redis_url)
     pause = 0.5
     while True:
         try:
             client.ping()
             return
         except REDIS_DOWN_ERRORS as error:
-            logging.getLogger(__name__).warning("waiting for Redis at %s: %s", url, error)
+            if _is_certificate_error(error):
+                log.error(
+                    "Redis at %s: its TLS certificate was refused (%s). For a self-signed certificate (Heroku "
+                    "Redis) set REDIS_SSL_CERT_REQS=none, or give its CA in REDIS_SSL_CA_CERTS.", where, error,
+                )
+            else:
+                log.warning("waiting for Redis at %s: %s", where, error)
             time.sleep(pause)
             pause = min(pause * 2, pause_limit)
         finally:
             client.close()
 
 
-wait_for_redis(REDIS_URL)
+def _is_certificate_error(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+wait_for_redis(_settings)

@@ -331,7 +331,6 @@ def make_stack(
             "REDIS_URL": redis_url or REDIS_URL,
             "DATABASE_URL": database_url,
             "SECRET_KEY": "integration",
-            "RATE_LIMIT_PER_MINUTE": "0",
             **env,
         }
         settings = load_settings(full_env)

@@ -56,7 +56,6 @@ def dashboard_stack(
             "REDIS_URL": dashboard_redis_server.url,
             "DATABASE_URL": database_url,
             "SECRET_KEY": "integration",
-            "RATE_LIMIT_PER_MINUTE": "0",
             "DASHBOARD_USERNAME": DASHBOARD_LOGIN[0],
             "DASHBOARD_PASSWORD": DASHBOARD_LOGIN[1],
             **env,

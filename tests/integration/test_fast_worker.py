@@ -150,7 +150,6 @@ def api_client(redis_url: str, folder: Path, soft: int, hard: int) -> Iterator[F
         "SECRET_KEY": "fast-worker-test",
         "JOB_SOFT_TIMEOUT": str(soft),
         "JOB_TIMEOUT": str(hard),
-        "RATE_LIMIT_PER_MINUTE": "0",
     })
     app = create_app(settings)
     app.config["TESTING"] = True

@@ -1,4 +1,4 @@
-"""The load script still works, at a small size (it is a benchmark, not a timed test)."""
+"""The load script still works, at a small size and the default settings (a benchmark, not a timed test)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,4 @@ def test_load_script_submits_and_checks_every_job() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all 200 completed with the right result" in result.stdout
     assert "submissions/s" in result.stdout and "p99" in result.stdout
+    assert "answered 429        0 " in result.stdout  # eight clients, each its own, at the default limit

@@ -56,21 +56,11 @@ class TestIdempotencyKey:
         assert 0 < fake_redis.ttl(key) <= 86_400
 
 
-def test_rate_limit_answers_429_with_retry_after(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
-    client = make_app(tmp_path, fake_redis, RATE_LIMIT_PER_MINUTE="3").test_client()
-    answers = [client.post("/tasks/test/add?x=1&y=2").status_code for _ in range(4)]
-    assert answers == [202, 202, 202, 429]
-    limited = client.post("/tasks/test/add?x=1&y=2")
-    assert limited.get_json()["error"] == "rate_limited"
-    assert 1 <= int(limited.headers["Retry-After"]) <= 61
-    assert client.get("/health").status_code == 200  # reads are not limited
-    other_client = client.post("/tasks/test/add?x=1&y=2", headers={"Authorization": "Bearer someone-else"})
-    assert other_client.status_code == 202
-
-
 def test_rate_limit_zero_means_off(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
     client = make_app(tmp_path, fake_redis, RATE_LIMIT_PER_MINUTE="0").test_client()
-    assert {client.post("/tasks/test/add?x=1&y=2").status_code for _ in range(20)} == {202}
+    answers = [client.post("/tasks/test/add?x=1&y=2") for _ in range(20)]
+    assert {answer.status_code for answer in answers} == {202}
+    assert all("RateLimit-Limit" not in answer.headers for answer in answers)
 
 
 def test_full_queue_answers_503(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:

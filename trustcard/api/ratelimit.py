@@ -1,55 +1,127 @@
-"""A per-client limit on submissions: a fixed one-minute window counted in Redis.
+"""A per-client limit on submissions: a token bucket counted atomically in Redis.
 
-Counted in Redis so every web process and machine shares one count. A client is its
-bearer token when it sends one, else its address. When Redis is down the limit is
-not enforced (nor when it refuses writes): submissions answer 503 for that reason anyway.
+`RATE_LIMIT_BURST` is the bucket's size (what a client may submit at once) and
+`RATE_LIMIT_PER_MINUTE` the steady rate it refills at. One script call per submission
+reads, refills and takes from the bucket with Redis' own clock, so every web process on
+every machine shares one count and no two can both take the last token. A client is its
+named API key, else its address (`trustcard.api.auth`). When Redis is down, or refuses
+writes, the limit is not enforced: the submission answers 503 for that reason anyway.
+
+Answers carry the IETF `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset`
+headers (the bucket's size, the tokens left, seconds until it is full again); a 429 also
+carries `Retry-After`, the seconds until enough tokens are back.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
+import math
+from dataclasses import dataclass
 
-from flask import current_app, request
+from flask import Response, current_app, g, request
 from redis import Redis
 
+from trustcard.api.auth import rate_limit_key
+from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
 from trustcard.exceptions import RateLimited
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 60
 KEY_PREFIX = "trustcard:ratelimit:"
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens = burst
+  at = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
+return {allowed, tostring(tokens)}
+"""
 
 
-def client_identity() -> str:
-    token = request.headers.get("Authorization", "")
-    if token:
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-    return "addr:" + (request.remote_addr or "unknown")
+@dataclass(frozen=True)
+class BucketState:
+    """What one take from a client's bucket found."""
+
+    allowed: bool
+    limit: int
+    remaining: float
+    rate_per_second: float
+    cost: int = 1
+
+    @property
+    def seconds_until_full(self) -> int:
+        return math.ceil((self.limit - self.remaining) / self.rate_per_second)
+
+    @property
+    def retry_after_seconds(self) -> int:
+        return max(1, math.ceil((self.cost - self.remaining) / self.rate_per_second))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(math.floor(self.remaining)),
+            "RateLimit-Reset": str(self.seconds_until_full),
+        }
+
+
+class RateLimiter:
+    """Takes tokens from clients' buckets with one script call (EVALSHA, loaded once)."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.settings = settings
+        self._take = redis.register_script(_TAKE)
+
+    def take(self, client_key: str, cost: int = 1) -> BucketState | None:
+        """Take `cost` tokens from the client's bucket; None when the limit is off or Redis fails."""
+        settings = self.settings
+        if settings.rate_limit_per_minute <= 0:
+            return None
+        rate = settings.rate_limit_per_minute / 60
+        burst = settings.rate_limit_burst
+        try:
+            allowed, remaining = self._take(keys=[KEY_PREFIX + client_key], args=[rate, burst, cost])
+        except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES) as error:
+            log.warning("rate limit not enforced, Redis failed: %s", error)
+            return None
+        return BucketState(bool(allowed), burst, float(remaining), rate, cost)
 
 
 def limit_submissions() -> None:
-    """`before_request` hook for submissions: 429 with Retry-After past the limit."""
+    """`before_request` hook for submissions: 429 with Retry-After past the client's limit."""
     if request.method != "POST":
         return
-    limit: int = current_app.config["TRUSTCARD_SETTINGS"].rate_limit_per_minute
-    if limit <= 0:
+    limiter: RateLimiter = current_app.extensions["trustcard.ratelimiter"]
+    state = limiter.take(rate_limit_key())
+    if state is None:
         return
-    redis: Redis = current_app.extensions["trustcard.redis"]
-    now = time.time()
-    window = int(now // WINDOW_SECONDS)
-    key = f"{KEY_PREFIX}{client_identity()}:{window}"
-    try:
-        with redis.pipeline(transaction=False) as pipeline:
-            pipeline.incr(key)
-            pipeline.expire(key, WINDOW_SECONDS + 1)
-            count, _ = pipeline.execute()
-    except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES):
-        return  # the submission itself answers 503 for the same reason
-    if count > limit:
-        retry_after = max(1, int((window + 1) * WINDOW_SECONDS - now) + 1)
+    g.rate_limit = state
+    if not state.allowed:
         raise RateLimited(
-            f"Too many submissions: the limit is {limit} a minute per client.", retry_after_seconds=retry_after
+            f"Too many submissions: each client may submit {state.limit} at once and "
+            f"{limiter.settings.rate_limit_per_minute} a minute after that; try again in {state.retry_after_seconds} s.",
+            retry_after_seconds=state.retry_after_seconds,
         )
+
+
+def add_rate_limit_headers(response: Response) -> Response:
+    """`after_request` hook: the bucket's state on every submission's answer, 429 included."""
+    state: BucketState | None = g.get("rate_limit")
+    if state is not None:
+        response.headers.update(state.headers())
+    return response

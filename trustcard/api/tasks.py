@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from trustcard.api.auth import require_api_key
-from trustcard.api.ratelimit import limit_submissions
+from trustcard.api.auth import client_identity, request_id, require_api_key
+from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.requests import task_parameters
 from trustcard.catalogue import find_by_route
 from trustcard.exceptions import BadRequest, UnknownJobType
@@ -14,6 +14,7 @@ from trustcard.tasks import TaskService
 bp = Blueprint("tasks", __name__, url_prefix="/tasks")
 bp.before_request(require_api_key)
 bp.before_request(limit_submissions)
+bp.after_request(add_rate_limit_headers)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -29,7 +30,13 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
     job_type = find_by_route(job_route)
     if job_type is None:
         raise UnknownJobType(f"There is no task type at /tasks/{job_route}.")
-    submission = _service().submit(job_type.name, task_parameters(), _idempotency_key())
+    submission = _service().submit(
+        job_type.name,
+        task_parameters(),
+        _idempotency_key(),
+        submitted_by=client_identity(),
+        request_id=request_id(),
+    )
     task = submission.task
     body = {**task.to_dict(), "status": "submitted"}
     headers = {"Location": url_for("tasks.status", task_id=task.task_id)}

@@ -20,6 +20,7 @@ import resource
 import signal
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from trustcard import logs
 from trustcard.status import CANCEL_FIELD
 from workers.fast.bookkeeping import (
     SUSPENDED,
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
     from workers.fast.slot import JobSlot
     from workers.fast.worker import FastWorker
 
-log = logging.getLogger("rq.worker")  # the worker's own log: RQ gives it its handlers
+log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 IDLE_WAIT_SECONDS = 1
@@ -230,7 +232,12 @@ class JobProcess:
 
     def run_job(self, found: Dequeued) -> Finished | None:
         """Start `found`, perform it under the soft limit and record a failure; a plain
-        success comes back as a `Finished` whose batch goes with the next call to Redis."""
+        success comes back as a `Finished` whose batch goes with the next call to Redis.
+        Every line logged meanwhile names the task, its request id and its client."""
+        with task_log_context(found.job):
+            return self._run_job(found)
+
+    def _run_job(self, found: Dequeued) -> Finished | None:
         worker = self.worker
         job, queue = found.job, found.queue
         remove_from_intermediate = len(worker.queues) == 1
@@ -289,10 +296,11 @@ class JobProcess:
         if dependents:
             finished.queue.enqueue_dependents(job)
         assert job.started_at is not None and job.ended_at is not None
-        log.info(
-            "task %s succeeded in %.3f s: %s",
-            job.id, (job.ended_at - job.started_at).total_seconds(), _preview(job._result),
-        )
+        with task_log_context(job):
+            log.info(
+                "task %s succeeded in %.3f s: %s",
+                job.id, (job.ended_at - job.started_at).total_seconds(), _preview(job._result),
+            )
 
     # --- waiting ----------------------------------------------------------------------
 
@@ -332,6 +340,15 @@ class JobProcess:
             except REDIS_DOWN:
                 time.sleep(pause)
                 pause = min(pause * 2, REDIS_RETRY_MAX_SECONDS)
+
+
+def task_log_context(job: Job) -> AbstractContextManager[None]:
+    """The log context of `job`: its id, and the request id and client the web kept in its meta."""
+    try:
+        meta = job.meta or {}
+    except Exception:  # noqa: BLE001 - an unreadable job is still logged, by id
+        meta = {}
+    return logs.bound(task_id=job.id, request_id=meta.get("request_id"), client=meta.get("submitted_by"))
 
 
 def job_status_ended(status: JobStatus | None) -> bool:
