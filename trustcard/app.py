@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
     from trustcard import dashboard, rq_speedups
-    from trustcard.api import auth, errors, health, openapi, requests, tasks
+    from trustcard.api import auth, errors, health, metrics, openapi, requests, tasks
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
@@ -50,6 +50,6 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.register_blueprint(tasks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
-    __import__("trustcard.api.metrics", fromlist=["init_app"]).init_app(app)
+    metrics.init_app(app)
     dashboard.init_app(app, settings)
     return app
