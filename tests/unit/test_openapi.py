@@ -21,12 +21,15 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate as validate_openapi
+from werkzeug.datastructures import Headers
 from werkzeug.routing import Rule
 
 from trustcard.api import schemas
+from trustcard.api.auth import rate_limit_key
 from trustcard.app import create_app
 from trustcard.catalogue import JOB_TYPES
 from trustcard.config import load_settings
+from trustcard.gunicorn_worker import REFUSAL_CODES
 from trustcard.tasks import TaskView
 
 API_KEY = "unit-test-key"
@@ -151,10 +154,19 @@ def test_each_job_types_parameters_come_from_its_model(open_app: Flask) -> None:
 def test_add_is_documented_as_the_contract_says(open_app: Flask) -> None:
     operation = document_of(open_app)["paths"]["/tasks/test/add"]["post"]
     parameters = [(p["name"], p["in"], p["schema"]["type"]) for p in operation["parameters"]]
-    assert parameters == [("x", "query", "number"), ("y", "query", "number"), ("Idempotency-Key", "header", "string")]
-    assert set(operation["responses"]) == {"202", "400", "409", "413", "422", "429", "503"}
+    assert parameters == [
+        ("x", "query", "number"),
+        ("y", "query", "number"),
+        ("Idempotency-Key", "header", "string"),
+        ("X-Request-Id", "header", "string"),
+    ]
+    assert set(operation["responses"]) == {"202", "400", "409", "413", "414", "422", "429", "431", "503"}
     assert operation["responses"]["202"]["headers"]["Location"]["required"] is True
     assert operation["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+    for status in ("202", "429"):
+        headers = operation["responses"][status]["headers"]
+        for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
+            assert headers[name]["required"] is True and headers[name]["schema"]["type"] == "integer", (status, name)
 
 
 def test_task_model_has_exactly_the_fields_of_taskview() -> None:
@@ -231,12 +243,29 @@ def validate_against_document(document: dict[str, Any], path: str, method: str, 
     jsonschema.Draft202012Validator(schema).validate(body)
 
 
+def validate_headers_against_document(
+    document: dict[str, Any], path: str, method: str, status: int, headers: Headers
+) -> None:
+    """Every header the document requires on this answer is there and fits its schema."""
+    documented = document["paths"][path][method]["responses"][str(status)].get("headers", {})
+    for name, header in documented.items():
+        if not header.get("required"):
+            continue
+        assert name in headers, f"{method} {path} {status} lacks {name}"
+        value: Any = headers[name]
+        if header["schema"].get("type") == "integer":
+            assert re.fullmatch(r"\d+", value), f"{name}: {value!r}"
+            value = int(value)
+        jsonschema.Draft202012Validator(header["schema"]).validate(value)
+
+
 def test_real_answers_match_the_document_and_the_models(keyed_client: FlaskClient, keyed_app: Flask) -> None:
     document = document_of(keyed_app)
 
     submitted = keyed_client.post("/tasks/test/add?x=7", json={"y": 8}, headers=AUTH)
     assert submitted.status_code == 202
     validate_against_document(document, "/tasks/test/add", "post", 202, submitted.get_json())
+    validate_headers_against_document(document, "/tasks/test/add", "post", 202, submitted.headers)
     schemas.SubmittedTask.model_validate(submitted.get_json())
     task_id = submitted.get_json()["task_id"]
 
@@ -259,6 +288,7 @@ def test_real_answers_match_the_document_and_the_models(keyed_client: FlaskClien
     retried = keyed_client.post(f"/tasks/{task_id}/retry", headers=AUTH)
     assert retried.status_code == 202
     validate_against_document(document, "/tasks/{task_id}/retry", "post", 202, retried.get_json())
+    validate_headers_against_document(document, "/tasks/{task_id}/retry", "post", 202, retried.headers)
     not_retryable = keyed_client.post(f"/tasks/{task_id}/retry", headers=AUTH)  # pending again
     assert not_retryable.status_code == 409
     validate_against_document(document, "/tasks/{task_id}/retry", "post", 409, not_retryable.get_json())
@@ -286,23 +316,82 @@ def test_real_answers_match_the_document_and_the_models(keyed_client: FlaskClien
     for response, path, expected in errors:
         assert response.status_code == expected, response.get_json()
         validate_against_document(document, path, "post", expected, response.get_json())
-    missing = keyed_client.get("/tasks/no-such-task", headers=AUTH)
+        validate_headers_against_document(document, path, "post", expected, response.headers)
+    missing = keyed_client.get("/tasks/a/b", headers=AUTH)
     assert missing.status_code == 404
     validate_against_document(document, "/tasks/{task_id}", "get", 404, missing.get_json())
+    validate_headers_against_document(document, "/tasks/{task_id}", "get", 404, missing.headers)
 
     health = keyed_client.get("/health")
     validate_against_document(document, "/health", "get", health.status_code, health.get_json())
+    validate_headers_against_document(document, "/health", "get", health.status_code, health.headers)
     schemas.Health.model_validate(health.get_json())
 
+    metrics = keyed_client.get("/metrics")
+    assert metrics.status_code == 200
+    assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [metrics.content_type]
+    validate_headers_against_document(document, "/metrics", "get", 200, metrics.headers)
 
-def test_rate_limited_answer_matches_the_document(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
+
+def test_every_operation_documents_the_request_id_and_the_web_servers_refusals(open_app: Flask) -> None:
+    document = document_of(open_app)
+    refusal = document["components"]["schemas"]["RequestRefusedError"]
+    assert set(refusal["properties"]["error"]["enum"]) == {REFUSAL_CODES[400], REFUSAL_CODES[414], REFUSAL_CODES[431]}
+    for path, method, operation in operations(document):
+        request_ids = [p for p in operation["parameters"] if p["name"] == "X-Request-Id"]
+        assert len(request_ids) == 1 and request_ids[0]["in"] == "header" and not request_ids[0]["required"]
+        assert {"400", "414", "431"} <= set(operation["responses"]), f"{method} {path}"
+        for status, answer in operation["responses"].items():
+            header = answer["headers"]["X-Request-Id"]
+            assert header["required"] is True, f"{method} {path} {status}"
+            validator = jsonschema.Draft202012Validator(header["schema"])
+            assert validator.is_valid("a" * 20) and not validator.is_valid("a" * 19), f"{method} {path} {status}"
+            assert not validator.is_valid("b" * 201) and not validator.is_valid("has space in it, twenty+")
+
+
+def test_task_model_puts_submitted_by_after_worker(open_app: Flask) -> None:
+    task = document_of(open_app)["components"]["schemas"]["Task"]
+    names = list(task["properties"])
+    assert names[names.index("worker") + 1] == "submitted_by"
+    assert {"type": "null"} in task["properties"]["submitted_by"]["anyOf"]
+
+
+def test_metrics_token_setting_secures_metrics_in_the_document(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
+    with make_app(tmp_path, fake_redis) as app:
+        operation = document_of(app)["paths"]["/metrics"]["get"]
+        assert "security" not in operation and "401" not in operation["responses"]
+        assert app.test_client().get("/metrics").status_code == 200
+    with make_app(tmp_path, fake_redis, METRICS_TOKEN="scrape-token-1") as app:
+        document = document_of(app)
+        operation = document["paths"]["/metrics"]["get"]
+        assert operation["security"] == [{"metricsToken": []}]
+        refused = app.test_client().get("/metrics", headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 401
+        validate_against_document(document, "/metrics", "get", 401, refused.get_json())
+        validate_headers_against_document(document, "/metrics", "get", 401, refused.headers)
+        allowed = app.test_client().get("/metrics", headers={"Authorization": "Bearer scrape-token-1"})
+        assert allowed.status_code == 200 and allowed.mimetype == "text/plain"
+
+
+def test_rate_limit_per_minute_setting_answers_match_the_document(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """At one a minute the emptied bucket stays empty: the next submission is the
+    documented 429, headers included, however slow the machine."""
     with make_app(tmp_path, fake_redis, RATE_LIMIT_PER_MINUTE="1") as app:
         document = document_of(app)
         client = app.test_client()
-        assert client.post("/tasks/test/long").status_code == 202
+        accepted = client.post("/tasks/test/long")
+        assert accepted.status_code == 202
+        validate_headers_against_document(document, "/tasks/test/long", "post", 202, accepted.headers)
+        with app.test_request_context(environ_base={"REMOTE_ADDR": "127.0.0.1"}):  # the test client's address
+            bucket = rate_limit_key()
+        remaining = int(accepted.headers["RateLimit-Remaining"])
+        assert app.extensions["trustcard.ratelimiter"].take(bucket, cost=remaining).allowed
         limited = client.post("/tasks/test/long")
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         validate_against_document(document, "/tasks/test/long", "post", 429, limited.get_json())
+        validate_headers_against_document(document, "/tasks/test/long", "post", 429, limited.headers)
 
 
 def test_an_answer_that_breaks_the_document_is_caught(keyed_app: Flask) -> None:

@@ -41,10 +41,12 @@ from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template_string, url_for
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from trustcard.api import schemas
+from trustcard.api.auth import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from trustcard.api.tasks import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_LENGTH
 from trustcard.catalogue import JOB_TYPES, JobType
 from trustcard.config import Settings
@@ -56,6 +58,20 @@ OPENAPI_VERSION = "3.1.0"
 TITLE = "TrustCard queue service"
 SCHEMA_REF = "#/components/schemas/{model}"
 BEARER_SCHEME = "bearerAuth"
+METRICS_SCHEME = "metricsToken"
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": "How many submissions this client may make at once (the bucket's size).",
+    "RateLimit-Remaining": "How many it may make now, before it is refused.",
+    "RateLimit-Reset": "Seconds until the bucket is full again.",
+}
+WEB_SERVER_REFUSALS = {
+    "400": "The web server could not read the request: a malformed request line, HTTP version or header "
+    "(error `bad_request`).",
+    "414": "The request line is over the web server's limit of 4094 bytes (error `uri_too_long`); send long "
+    "parameters in a JSON body.",
+    "431": "Too many header fields (over 100), or one over 8190 bytes (error `request_header_fields_too_large`).",
+}
+"""What gunicorn itself refuses before the app sees the request (`trustcard.gunicorn_worker`)."""
 SWAGGER_UI_DIR = str(files("flask_swagger_ui") / "dist")
 """Swagger UI's built files, as shipped inside the flask-swagger-ui package."""
 
@@ -116,7 +132,7 @@ DOCS_PAGE = """<!DOCTYPE html>
 def build_document(settings: Settings) -> dict[str, Any]:
     """The whole OpenAPI document for an app running with `settings`."""
     components, refs = _component_schemas()
-    secured = settings.api_key is not None
+    secured = settings.requires_api_key
     paths: dict[str, dict[str, Any]] = {}
     for job_type in JOB_TYPES:
         paths[f"/tasks/{job_type.route}"] = {"post": _submit_operation(job_type, refs, secured)}
@@ -131,8 +147,13 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "post": _retry_operation(refs, secured),
     }
     paths["/health"] = {"get": _health_operation(refs)}
+    paths["/metrics"] = {"get": _metrics_operation(refs, settings.metrics_token is not None)}
     paths["/openapi.json"] = {"get": _document_operation()}
     paths["/docs"] = {"get": _docs_operation()}
+    for item in paths.values():
+        for key, operation in item.items():
+            if key != "parameters":
+                _add_request_id_and_refusals(operation, refs)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -142,12 +163,16 @@ def build_document(settings: Settings) -> dict[str, Any]:
                 "Accepts slow work (Instagram post analysis and test jobs), answers at once with a task id, "
                 "and reports status, progress and results. Submit a job type with its parameters in the "
                 "query string or as a JSON object body (each parameter once), then poll the task's URL.\n\n"
-                'Every error is JSON: `{"error": code, "message": text, ...details}`.'
+                'Every error is JSON: `{"error": code, "message": text, ...details}`, also the ones the web '
+                "server answers itself (400, 414, 431) before the app reads a request.\n\n"
+                f"Every answer carries `{REQUEST_ID_HEADER}`: the one the request brought when it is 20 to 200 "
+                "characters of `A-Z a-z 0-9 + / = -` (as a platform's router sets it), else a new one. The same id "
+                "is kept on a submitted task and appears in the web's and the worker's log lines for it."
             ),
         },
         "tags": [
             {"name": "tasks", "description": "Submit, follow, cancel and list tasks."},
-            {"name": "service", "description": "The service's own health."},
+            {"name": "service", "description": "The service's own health and metrics."},
             {"name": "documentation", "description": "This document and its interactive page."},
         ],
         "paths": paths,
@@ -161,7 +186,15 @@ def build_document(settings: Settings) -> dict[str, Any]:
                         "The API_KEY setting. When it is set, every /tasks endpoint needs "
                         "'Authorization: Bearer <API_KEY>'; when it is not, they are open."
                     ),
-                }
+                },
+                METRICS_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "The METRICS_TOKEN setting. When it is set, GET /metrics needs "
+                        "'Authorization: Bearer <METRICS_TOKEN>'; when it is not, it is open."
+                    ),
+                },
             },
         },
     }
@@ -225,6 +258,50 @@ def _retry_after() -> dict[str, Any]:
     }
 
 
+def _rate_limit_headers() -> dict[str, Any]:
+    """The client's token bucket after this request: on every answer to a submission."""
+    return {
+        name: {"description": description, "required": True, "schema": {"type": "integer", "minimum": 0}}
+        for name, description in RATE_LIMIT_HEADERS.items()
+    }
+
+
+def _request_id_schema() -> dict[str, Any]:
+    return {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern}
+
+
+def _add_request_id_and_refusals(operation: dict[str, Any], refs: dict[type[BaseModel], dict[str, str]]) -> None:
+    """What every operation shares: the optional `X-Request-Id` request header, the same
+    header on every answer, and the web server's own refusals (a 400 the operation
+    documents already keeps its own schema, which the refusal's body also fits)."""
+    operation["parameters"] = [
+        *operation.get("parameters", []),
+        {
+            "name": REQUEST_ID_HEADER,
+            "in": "header",
+            "required": False,
+            "description": (
+                "An id for this request, e.g. from a platform's router; kept when it is 20 to 200 characters "
+                "of A-Z a-z 0-9 + / = -, else replaced by a new one. Sent back in the answer."
+            ),
+            "schema": _request_id_schema(),
+        },
+    ]
+    responses: dict[str, Any] = operation["responses"]
+    for status, description in WEB_SERVER_REFUSALS.items():
+        responses.setdefault(status, _answer(description, refs[schemas.RequestRefusedError]))
+    for answer in responses.values():
+        answer["headers"] = {
+            **answer.get("headers", {}),
+            REQUEST_ID_HEADER: {
+                "description": "This request's id: the one it brought when valid, else a new one.",
+                "required": True,
+                "schema": _request_id_schema(),
+            },
+        }
+    operation["responses"] = dict(sorted(responses.items()))
+
+
 def _task_responses(
     refs: dict[type[BaseModel], dict[str, str]], secured: bool, *, enqueues: bool = False
 ) -> dict[str, Any]:
@@ -238,7 +315,9 @@ def _task_responses(
     if enqueues:
         unavailable += ", or the queue holds as many tasks as it may (error `queue_full`)"
         responses["429"] = _answer(
-            "Too many submissions from this client this minute (error `rate_limited`).", error, _retry_after()
+            "Too many submissions from this client: its bucket is empty (error `rate_limited`).",
+            error,
+            {**_retry_after(), **_rate_limit_headers()},
         )
     responses["503"] = _answer(f"{unavailable}; try again later.", error, _retry_after())
     return responses
@@ -279,6 +358,7 @@ def _submit_operation(job_type: JobType, refs: dict[type[BaseModel], dict[str, s
             refs[schemas.SubmittedTask],
             {
                 **_location(),
+                **_rate_limit_headers(),
                 "Idempotent-Replayed": {
                     "description": f"'true' when this is the earlier task with the same {IDEMPOTENCY_HEADER}.",
                     "required": False,
@@ -288,7 +368,8 @@ def _submit_operation(job_type: JobType, refs: dict[type[BaseModel], dict[str, s
             _task_links("get_task", "cancel_task"),
         ),
         "400": _answer(
-            "The body is not a JSON object, or a parameter is given twice (error `bad_request`).",
+            "The body is not a JSON object, or a parameter is given twice (error `bad_request`); or the web "
+            "server could not read the request (a malformed request line, HTTP version or header).",
             refs[schemas.BadRequestError],
         ),
         "409": _answer(
@@ -400,7 +481,7 @@ def _retry_operation(refs: dict[type[BaseModel], dict[str, str]], secured: bool)
         "202": _answer(
             "Back on its queue, under the same id.",
             refs[schemas.Task],
-            _location(),
+            {**_location(), **_rate_limit_headers()},
             _task_links("get_task", "cancel_task"),
         ),
         "404": _answer("No such task (error `task_not_found`).", refs[schemas.Error]),
@@ -444,6 +525,38 @@ def _health_operation(refs: dict[type[BaseModel], dict[str, str]]) -> dict[str, 
             "503": _answer("Redis or the database does not answer; `failing` names it.", refs[schemas.Health]),
         },
     }
+
+
+def _metrics_operation(refs: dict[type[BaseModel], dict[str, str]], secured: bool) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        "200": {
+            "description": (
+                "Prometheus' text format: queue depths and oldest job ages, tasks ended by type and outcome, "
+                "task durations, workers by state, submissions by outcome."
+            ),
+            "content": {CONTENT_TYPE_PLAIN_0_0_4: {"schema": {"type": "string"}}},
+        },
+        "503": _answer(
+            "Redis, which keeps the figures, is unreachable (error `queue_unavailable`); try again later.",
+            refs[schemas.Error],
+            _retry_after(),
+        ),
+    }
+    if secured:
+        responses["401"] = _answer("The bearer token is not METRICS_TOKEN (error `unauthorized`).", refs[schemas.Error])
+    operation: dict[str, Any] = {
+        "tags": ["service"],
+        "operationId": "metrics",
+        "summary": "Metrics for Prometheus",
+        "description": (
+            "Figures kept in Redis, so every web process answers with the same numbers. Needs "
+            "'Authorization: Bearer <METRICS_TOKEN>' when that setting is set; open otherwise."
+        ),
+        "responses": dict(sorted(responses.items())),
+    }
+    if secured:
+        operation["security"] = [{METRICS_SCHEME: []}]
+    return operation
 
 
 def _document_operation() -> dict[str, Any]:

@@ -40,6 +40,9 @@ class Task(BaseModel):
     error: str | None = Field(description="A one-line reason once failed or cancelled (never a traceback), else null.")
     progress: Progress | None = Field(description="The job's last progress report, or null.")
     worker: str | None = Field(description="The name of the worker that runs or ran it, or null.")
+    submitted_by: str | None = Field(
+        description="Who submitted it: the name of the client's API key (API_KEYS), else the client's address."
+    )
     submitted_at: str | None = Field(description="When it was submitted, ISO 8601 in UTC ('...Z').")
     started_at: str | None = Field(description="When a worker started it, ISO 8601 in UTC, or null.")
     ended_at: str | None = Field(description="When it ended, ISO 8601 in UTC, or null.")
@@ -140,6 +143,14 @@ class PayloadTooLargeError(Error):
     limit: int | None = Field(default=None, description="The largest body accepted, in bytes.")
 
 
+class RequestRefusedError(Error):
+    """400, 414 or 431 from the web server itself, before the app reads the request: a
+    malformed request line, HTTP version or header (400), a request line over the limit
+    (414), too many or too large header fields (431)."""
+
+    error: Literal["bad_request", "uri_too_long", "request_header_fields_too_large"]  # type: ignore[assignment]
+
+
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Task,
     SubmittedTask,
@@ -152,5 +163,6 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     TaskAlreadyEndedError,
     TaskNotRetryableError,
     PayloadTooLargeError,
+    RequestRefusedError,
 )
 """Every model the document's responses refer to."""
