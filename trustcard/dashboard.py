@@ -36,6 +36,7 @@ from trustcard.api.errors import error_response
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, web_redis
 from trustcard.exceptions import QueueUnavailable, TaskNotFound, TaskNotRetryable
+from trustcard.logs import redacted_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -145,7 +146,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         return
     _teach_rq_dashboard_json()
     app.config.from_object(rq_dashboard.default_settings)
-    app.config["RQ_DASHBOARD_REDIS_URL"] = (settings.redis_url,)
+    app.config["RQ_DASHBOARD_REDIS_URL"] = (redacted_url(settings.redis_url),)  # shown, never used to connect
     if REDIS_EXTENSION not in app.extensions:
         app.extensions[REDIS_EXTENSION] = web_redis(settings)
     app.redis_conn = app.extensions[REDIS_EXTENSION]  # type: ignore[attr-defined]  # read by rq-dashboard
