@@ -146,6 +146,8 @@ def _assert_every_part_works(web: WebProcess, worker: WorkerProcess, client: red
     status, queues = _request(web, "GET", "/rq/0/data/queues.json", {"Authorization": f"Basic {login}"})
     assert status == 200, queues
     assert "analysis" in json.dumps(queues), queues
+    status, workers = _request(web, "GET", "/rq/0/data/workers.json", {"Authorization": f"Basic {login}"})
+    assert status == 200 and len(workers["workers"]) == 1, workers
 
 
 def test_a_self_signed_certificate_is_refused_at_the_default_cert_reqs(
@@ -168,7 +170,8 @@ def test_a_self_signed_certificate_is_refused_at_the_default_cert_reqs(
     stack.workers.append(worker)
     wait_until(lambda: CERTIFICATE_REFUSED.search(worker.log()), 30, "the worker to log the refused certificate")
     assert Worker.all(connection=client) == [], "a worker registered through a certificate it should refuse"
-    assert "Worker rq:worker" not in worker.log() and "Listening on" not in worker.log(), worker.log()
+    assert "Listening on" not in worker.log(), worker.log()
+    assert "REDIS_SSL_CERT_REQS" in worker.log(), "the refusal should name the setting that fixes it"
 
 
 def test_redis_ssl_cert_reqs_none_lets_web_worker_scheduler_and_dashboard_work(
