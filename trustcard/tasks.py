@@ -46,6 +46,7 @@ from trustcard.exceptions import (
     UnknownJobType,
     ValidationFailed,
 )
+from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
 from trustcard.status import CANCEL_FIELD, TaskStatus, summarise_failure, task_status
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ class TaskService:
             self._wait_until_ended(job)
         elif rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
             try:
-                job.cancel()
+                cancel_waiting(job)  # counted for /metrics once, in the same transaction
             except InvalidJobOperation:
                 pass  # already cancelled by someone else
         log.info("task %s cancelled (was %s)", task_id, rq_status)
@@ -377,11 +378,13 @@ class TaskService:
         entries = [entry for entry in self.connection.zrange(registry.key, 0, -1) if entry.startswith(prefix)]
         if entries:
             self.connection.zadd(registry.key, {entry: 0 for entry in entries}, xx=True)
-            registry.cleanup(timestamp=1)  # only the entries just marked, nobody else's
+            # Only the entries just marked, nobody else's; the handler counts it for /metrics.
+            registry.cleanup(timestamp=1, exception_handlers=[count_if_abandoned])
         else:  # no registry entry left to settle through
             with self.connection.pipeline() as pipeline:
                 record_job_failure(job, "AbandonedJobError: its worker is gone", pipeline)
                 pipeline.execute()
+            count_abandoned(job, retried=False)
         log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)
         return True
 

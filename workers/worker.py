@@ -15,7 +15,9 @@ Procfile). On top of `rq.Worker` it:
   back on its queue (a second SIGTERM does that at once);
 - heartbeats often enough that a worker killed outright is noticed within about a
   minute (see `trustcard.tasks.TaskService._settle_if_abandoned`);
-- logs one line per job received, succeeded (with duration and result) or failed.
+- logs one line per job received, succeeded (with duration and result) or failed;
+- counts each end of a task once for `/metrics` (`trustcard.metrics`), inside the Redis
+  transaction that records it; never a retry, never a job handed back at shutdown.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +49,16 @@ from rq.worker import Worker
 from trustcard import rq_speedups
 from trustcard.catalogue import BY_FUNCTION
 from trustcard.config import load_settings
+from trustcard.metrics import store as metrics
+from trustcard.metrics.ends import cancel_waiting, count_if_abandoned
+from trustcard.metrics.outcomes import TaskOutcome
 from trustcard.status import CANCEL_FIELD, summarise_failure
 from workers.job import CatalogueJob
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
     from rq.executions import Execution
+    from rq.job import Retry
     from rq.queue import Queue
     from rq.registry import StartedJobRegistry
 
@@ -99,6 +107,9 @@ class TrustCardWorker(Worker):
         self._shutdown_deadline: float | None = None
         self._hard_limited_job_id: str | None = None
         self._interrupted_job_id: str | None = None
+        self._ending: tuple[str, TaskOutcome] | None = None
+        self._handing_back_job_id: str | None = None
+        self.push_exc_handler(count_if_abandoned)  # abandoned jobs failed by the maintenance pass
 
     # --- running one job -------------------------------------------------------
 
@@ -108,7 +119,7 @@ class TrustCardWorker(Worker):
                 return
             if self.connection.hexists(job.key, CANCEL_FIELD):
                 self.log.info("task %s was cancelled before it started; not running it", job.id)
-                job.cancel()
+                cancel_waiting(job)
                 return
             self.log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
             super().execute_job(job, queue)
@@ -219,7 +230,11 @@ class TrustCardWorker(Worker):
     def _hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
         reason = "WorkerShutdown: the worker shut down before the job finished; it was put back on its queue."
-        self.handle_job_failure(job, queue=queue, exc_string=reason, execution=execution)
+        self._handing_back_job_id = job.id  # not an end: another worker runs it
+        try:
+            self.handle_job_failure(job, queue=queue, exc_string=reason, execution=execution)
+        finally:
+            self._handing_back_job_id = None
         try:
             FailedJobRegistry(queue.name, connection=self.connection, serializer=self.serializer).requeue(job.id)
             self.log.info("task %s handed back to queue %s", job.id, queue.name)
@@ -238,7 +253,8 @@ class TrustCardWorker(Worker):
     def handle_job_success(
         self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
     ) -> None:
-        super().handle_job_success(job, queue, started_job_registry, execution)
+        with self._counting_end(job, TaskOutcome.COMPLETED):
+            super().handle_job_success(job, queue, started_job_registry, execution)
         started = job.started_at
         duration = (now() - started).total_seconds() if started else 0.0
         self.log.info("task %s succeeded in %.3f s: %s", job.id, duration, _preview(job._result))
@@ -251,8 +267,47 @@ class TrustCardWorker(Worker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        with self._counting_end(job, self._failure_outcome(job)):
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         self.log.warning("task %s failed: %s", job.id, summarise_failure(exc_string))
+
+    def handle_job_retry(
+        self, job: Job, queue: Queue, retry: Retry, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        """A job that returned a `Retry`: an end (failed) only once RQ finds its retries used up."""
+        exhausted = bool(job.number_of_retries and job.number_of_retries >= retry.max)  # RQ's own test
+        with self._counting_end(job, TaskOutcome.FAILED if exhausted else None):
+            super().handle_job_retry(job, queue, retry, started_job_registry, execution)
+
+    # --- counting each end once, in the transaction that records it ---------------
+
+    def _failure_outcome(self, job: Job) -> TaskOutcome | None:
+        """What RQ's `handle_job_failure` is about to make of `job`, by its own tests: stopped
+        on request is cancelled, retried is no end yet, else failed. A job handed back at
+        shutdown is no end either."""
+        if self._handing_back_job_id == job.id:
+            return None
+        if self._stopped_job_id == job.id:
+            return TaskOutcome.CANCELLED
+        if job.should_retry:
+            return None
+        return TaskOutcome.FAILED
+
+    @contextmanager
+    def _counting_end(self, job: Job, outcome: TaskOutcome | None) -> Iterator[None]:
+        """While RQ records `job`'s end, `cleanup_execution` adds the count to its pipeline."""
+        self._ending = (job.id, outcome) if outcome is not None else None
+        try:
+            yield
+        finally:
+            self._ending = None
+
+    def cleanup_execution(self, job: Job, pipeline: Pipeline, execution: Execution | None = None) -> None:
+        """RQ calls this inside the pipeline of every success, failure and retry it records
+        (again when it retries a transaction after a WatchError): the count joins it there."""
+        super().cleanup_execution(job, pipeline, execution)
+        if self._ending is not None and self._ending[0] == job.id:
+            metrics.add_end(pipeline, job, self._ending[1])
 
     # --- shutting down within the platform's grace period -----------------------
 

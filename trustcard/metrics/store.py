@@ -43,7 +43,8 @@ if ARGV[2] ~= '' and not redis.call('SET', ARGV[2], '1', 'NX', 'EX', ARGV[3]) th
 for _, command in ipairs(cjson.decode(ARGV[1])) do
   local reply = redis.pcall(unpack(command))
   if type(reply) == 'table' and reply.err then
-    redis.log(redis.LOG_WARNING, 'trustcard metrics: ' .. command[1] .. ' ' .. command[2] .. ': ' .. reply.err)
+    local name = tostring(command[1]) .. ' ' .. tostring(command[2])
+    redis.log(redis.LOG_WARNING, 'trustcard metrics: ' .. name .. ': ' .. tostring(reply.err))
   end
 end
 return 1

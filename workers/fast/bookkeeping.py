@@ -41,6 +41,9 @@ from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import get_version, utcformat
 from rq.worker import WorkerStatus
 
+from trustcard.metrics.outcomes import TaskOutcome
+from trustcard.metrics.store import job_end_commands
+
 if TYPE_CHECKING:
     from redis import Redis
     from redis.connection import Connection
@@ -59,6 +62,15 @@ local done = false
 if ARGV[5 + nq] then
   for _, command in ipairs(cjson.decode(ARGV[5 + nq])) do
     done = redis.call(unpack(command))
+  end
+  if ARGV[6 + nq] then
+    for _, command in ipairs(cjson.decode(ARGV[6 + nq])) do
+      local reply = redis.pcall(unpack(command))
+      if type(reply) == 'table' and reply.err then
+        local name = tostring(command[1]) .. ' ' .. tostring(command[2])
+        redis.log(redis.LOG_WARNING, 'trustcard: best-effort ' .. name .. ': ' .. tostring(reply.err))
+      end
+    end
   end
 end
 if nq == 0 then return {done} end
@@ -85,7 +97,9 @@ return {done}
 """
 # ARGV: number of queues to take a job from (0: none), '1' to use RQ's intermediate list,
 # the job key prefix, the suspension key, the queue keys, then (optional) the batch as
-# a JSON list of commands. One argument instead of a hundred, and the job's hash as one
+# a JSON list of commands, and (optional) its best-effort commands (the counts for
+# /metrics), run under pcall after it: one that fails cannot stop the batch or the
+# script, nor change its answer. One argument instead of a hundred, and the job's hash as one
 # string plus the sizes of its parts instead of a reply of forty: redis-py spends more
 # time encoding arguments and parsing replies than Redis spends running them. The script
 # answers the batch's last reply. A job id whose hash is gone is skipped, as RQ's
@@ -97,6 +111,8 @@ class CommandBatch(DataAccessCommands):
 
     def __init__(self) -> None:
         self.commands: list[tuple[Any, ...]] = []
+        self.best_effort: list[tuple[Any, ...]] = []
+        """Commands whose failure must not fail the batch: the counts for /metrics."""
 
     def execute_command(self, *args: Any, **options: Any) -> CommandBatch:
         self.commands.append(args)
@@ -106,6 +122,12 @@ class CommandBatch(DataAccessCommands):
         """The commands as JSON. Numbers stay numbers (Redis writes them back as text with
         17 significant digits); RQ's bookkeeping has no binary values and no booleans."""
         return json.dumps(self.commands, default=_bytes_as_text)
+
+    def script_args(self) -> list[str]:
+        """The script's trailing arguments: the batch, then its best-effort commands if any."""
+        if not self.best_effort:
+            return [self.as_json()]
+        return [self.as_json(), json.dumps(self.best_effort, default=_bytes_as_text)]
 
 
 def _bytes_as_text(value: Any) -> str:
@@ -154,7 +176,7 @@ class Bookkeeper:
             WORKERS_SUSPENDED, *keys,
         ]
         if batch is not None:
-            args.append(batch.as_json())
+            args.extend(batch.script_args())
         answer = self._script(args=args)
         replies = answer[0]
         if len(answer) == 1:
@@ -170,7 +192,7 @@ class Bookkeeper:
         soon as it reads it, before the job's own commands, which come later."""
         pool = self.connection.connection_pool
         connection = pool.get_connection()
-        args = [0, "0", self.job_class.redis_job_namespace_prefix, WORKERS_SUSPENDED, batch.as_json()]
+        args = [0, "0", self.job_class.redis_job_namespace_prefix, WORKERS_SUSPENDED, *batch.script_args()]
         try:
             connection.send_command("EVALSHA", self._script.sha, 0, *args)
         except BaseException:
@@ -261,8 +283,8 @@ def success_batch(
 ) -> CommandBatch:
     """What RQ's `handle_job_success` writes for a plain job, ending with the count of its
     dependents (read in the same atomic script: a dependent enqueued later sees this job
-    finished). The job hash is not written back whole: only its status, end time and
-    heartbeat changed since it started."""
+    finished), and its count for /metrics (best effort). The job hash is not written back
+    whole: only its status, end time and heartbeat changed since it started."""
     job.ended_at = ended_at
     job.last_heartbeat = ended_at
     job._status = JobStatus.FINISHED
@@ -289,4 +311,5 @@ def success_batch(
     worker.increment_total_working_time(ended_at - job.started_at, batch)  # type: ignore[arg-type]
     worker.set_state(WorkerStatus.IDLE, pipeline=batch)  # type: ignore[arg-type]
     batch.scard(job.dependents_key)
+    batch.best_effort.extend(job_end_commands(job, TaskOutcome.COMPLETED))
     return batch

@@ -32,6 +32,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from trustcard import logs
+from trustcard.metrics.ends import cancel_waiting
 from trustcard.status import CANCEL_FIELD
 from workers.fast.bookkeeping import (
     SUSPENDED,
@@ -245,7 +246,7 @@ class JobProcess:
             return self._let_go(job, queue, remove_from_intermediate)
         if _CANCEL_FIELD in found.raw:
             log.info("task %s was cancelled before it started; not running it", job.id)
-            job.cancel()
+            cancel_waiting(job)  # counted once, even if the API cancels it at the same moment
             return self._let_go(job, queue, remove_from_intermediate)
         log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
         soft_timeout = job.timeout or worker.queue_class.DEFAULT_TIMEOUT
