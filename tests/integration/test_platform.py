@@ -107,14 +107,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     directory = tmp_path_factory.mktemp("platform")
     certificate, _ = make_certificates(directory / "certificates")
     server = TlsRedis(free_port(), directory / "redis", certificate, appendonly=True)
-    server.start()
-    database = f"trustcard_platform_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{database}"')
     web_port = free_port()
     router = Router(free_port(), web_port, directory / "router")
+    database = f"trustcard_platform_{uuid.uuid4().hex[:8]}"
     server_url = POSTGRES_SERVER_URL.split("://", 1)[1]
     config = {
         "DATABASE_URL": f"postgres://{server_url}/{database}",  # the scheme platforms still hand out
@@ -125,7 +120,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "REDIS_SSL_CERT_REQS": "none",
     }
     stack = Platform(directory, platform_environment(config), server, router)
+    admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
+    admin.autocommit = True
     try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{database}"')
+        server.start()
         release = stack.run("release", "start", "release")
         assert release.wait(120) == 0, release.log_path.read_text(errors="replace")
         router.start()
