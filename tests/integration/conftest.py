@@ -35,6 +35,7 @@ from rq.worker import Worker
 from tests.migration_helpers import upgrade
 from trustcard.app import create_app
 from trustcard.config import Settings, load_settings
+from trustcard.connections import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ class WorkerProcess:
         )
         return cls(process, log_path, log_file)
 
-    def wait_registered(self, redis_url: str, timeout: float = 30) -> None:
-        connection = redis.Redis.from_url(redis_url)
+    def wait_registered(self, settings: Settings, timeout: float = 30) -> None:
+        connection = redis_client(settings)  # the service's own factory: TLS settings applied
         try:
             wait_until(
                 lambda: self.process.poll() is not None
@@ -290,7 +291,7 @@ class Stack:
         self.logs.append(log_path)
         worker = WorkerProcess.start({**self.env, **extra_env}, log_path)
         self.workers.append(worker)
-        worker.wait_registered(self.settings.redis_url)
+        worker.wait_registered(self.settings)
         return worker
 
     def submit(self, path: str, **kwargs: Any) -> str:

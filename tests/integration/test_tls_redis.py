@@ -90,24 +90,6 @@ def _request(web: WebProcess, method: str, path: str, headers: dict[str, str] | 
         connection.close()
 
 
-def _start_worker(stack: Stack, client: redis.Redis) -> WorkerProcess:
-    """The Procfile's worker on the stack's settings, once Redis lists it; registration is read
-    with the test's own TLS client (conftest's `wait_registered` opens the URL with redis-py's
-    defaults, which verify the certificate whatever the stack's settings say)."""
-    log_path = stack.log_dir / f"worker-{len(stack.logs)}.log"
-    stack.logs.append(log_path)
-    worker = WorkerProcess.start(stack.env, log_path)
-    stack.workers.append(worker)
-    wait_until(
-        lambda: worker.process.poll() is not None
-        or any(w.pid == worker.process.pid for w in Worker.all(connection=client)),
-        30,
-        f"worker {worker.process.pid} to register on the TLS Redis",
-    )
-    assert worker.process.poll() is None, worker.log()
-    return worker
-
-
 def _env(redis_url: str, database_url: str, **settings: str) -> dict[str, str]:
     return {"REDIS_URL": redis_url, "DATABASE_URL": database_url, "SECRET_KEY": "integration", **settings}
 
@@ -184,7 +166,7 @@ def test_redis_ssl_cert_reqs_none_lets_web_worker_scheduler_and_dashboard_work(
     client = server_client(self_signed_server)
     settings = {"REDIS_SSL_CERT_REQS": "none", "DASHBOARD_PASSWORD": DASHBOARD_PASSWORD}
     stack = make_stack(redis_url=self_signed_server.url, **settings)
-    worker = _start_worker(stack, client)
+    worker = stack.start_worker()
     web = start_web(_env(self_signed_server.url, database_url, **settings))
     _assert_every_part_works(web, worker, client)
 
@@ -199,7 +181,7 @@ def test_the_urls_own_ssl_cert_reqs_none_lets_web_worker_scheduler_and_dashboard
     client = server_client(self_signed_server)
     url = f"{self_signed_server.url}?ssl_cert_reqs=none"
     stack = make_stack(redis_url=url, DASHBOARD_PASSWORD=DASHBOARD_PASSWORD)
-    worker = _start_worker(stack, client)
+    worker = stack.start_worker()
     web = start_web(_env(url, database_url, DASHBOARD_PASSWORD=DASHBOARD_PASSWORD))
     _assert_every_part_works(web, worker, client)
 
@@ -215,7 +197,7 @@ def test_redis_ssl_ca_certs_verifies_a_certificate_that_ca_signed(
     client = server_client(ca_signed_server)
     settings = {"REDIS_SSL_CA_CERTS": str(ca_signed_server.certificate.ca), "DASHBOARD_PASSWORD": DASHBOARD_PASSWORD}
     stack = make_stack(redis_url=ca_signed_server.url, **settings)
-    worker = _start_worker(stack, client)
+    worker = stack.start_worker()
     web = start_web(_env(ca_signed_server.url, database_url, **settings))
     _assert_every_part_works(web, worker, client)
 

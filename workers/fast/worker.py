@@ -227,6 +227,8 @@ class FastWorker(TrustCardWorker):
         process = self.scheduler._process if self.scheduler is not None else None
         if process is None or process.is_alive():  # is_alive() also reaps an exited one
             return
+        if self._stop_requested:  # a deploy's SIGTERM reached it too: it is meant to be gone
+            return
         if process.pid != self._scheduler_reported:
             self._scheduler_reported = process.pid
             self.log.warning("worker %s: scheduler process exited (code %s); starting it again", self.name, process.exitcode)
