@@ -454,3 +454,15 @@ def test_the_apis_settlement_of_an_abandoned_task_counts_it(
     assert client.get(f"/tasks/{task_id}").get_json()["status"] == "failed"
     assert client.get(f"/tasks/{task_id}").get_json()["status"] == "failed"
     assert ended(scrape(client), "test.add", "failed") == 1
+
+
+def test_an_unreadable_job_refused_by_the_worker_counts_failed_as_unknown(
+    worker: TrustCardWorker, fake_redis: fakeredis.FakeRedis
+) -> None:
+    pickled = Queue("analysis", connection=fake_redis).enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 1})
+    job = Job(pickled.id, connection=fake_redis, serializer=JSONSerializer)
+    job.refresh()
+    queue = Queue("analysis", connection=fake_redis, serializer=JSONSerializer)
+    assert worker._is_readable(job, queue) is False
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert read_snapshot(fake_redis).tasks_ended == {("unknown", "failed"): 1}
