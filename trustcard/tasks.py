@@ -296,17 +296,14 @@ class TaskService:
             )
         self.connection.hset(job.key, CANCEL_FIELD, "1")
         rq_status = job.get_status(refresh=True)
-        if rq_status == JobStatus.STARTED:
+        if rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
             try:
-                send_stop_job_command(self.connection, job.id, serializer=JSONSerializer)
-            except InvalidJobOperation:
-                pass  # ended between our reads; the flag above still marks it
-            self._wait_until_ended(job)
-        elif rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
-            try:
-                cancel_waiting(job)  # counted for /metrics once, in the same transaction
+                if not cancel_waiting(job):  # counted for /metrics once, in the same transaction
+                    rq_status = job.get_status(refresh=True)  # a worker started it meanwhile
             except InvalidJobOperation:
                 pass  # already cancelled by someone else
+        if rq_status == JobStatus.STARTED:
+            self._stop_running(job)
         log.info("task %s cancelled (was %s)", task_id, rq_status)
         return self._view(self._read(job))
 
@@ -357,6 +354,14 @@ class TaskService:
                 job.id, result_id.decode(), payload, connection=self.connection, serializer=JSONSerializer
             )
         return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in raw, latest=latest)
+
+    def _stop_running(self, job: Job) -> None:
+        """Ask the job's worker to stop it, and give it a moment to confirm."""
+        try:
+            send_stop_job_command(self.connection, job.id, serializer=JSONSerializer)
+        except InvalidJobOperation:
+            pass  # ended between our reads; the cancel flag still marks it
+        self._wait_until_ended(job)
 
     def _wait_until_ended(self, job: Job) -> None:
         deadline = time.monotonic() + CANCEL_SETTLE_SECONDS
