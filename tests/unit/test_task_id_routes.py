@@ -2,7 +2,8 @@
 
 The submit rule `POST /tasks/<path:job_route>` matches any path under /tasks/, so a
 GET or DELETE of `/tasks/a/b` once met that rule and answered 405. Now it is the 404
-`task_not_found` that any unknown id gets, while submissions and retries still route.
+`task_not_found` that any unknown id gets, while submissions and retries still route,
+and a job type's own path keeps answering 405 to anything but POST.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-SLASHED_IDS = ["a/b", "..%2F..%2Fetc", "../../etc", "x/retry/more", "test/add", "abc/"]
+SLASHED_IDS = ["a/b", "..%2F..%2Fetc", "../../etc", "x/retry/more", "test/add/more", "abc/"]
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
@@ -35,3 +36,12 @@ def test_submit_and_retry_still_route_beside_the_slashed_ids(client: FlaskClient
     assert client.post("/tasks/no-such-task/retry").get_json()["error"] == "task_not_found"
     assert client.post("/tasks/test/nope").get_json()["error"] == "unknown_job_type"
     assert client.get("/tasks/").status_code == 200  # the running list keeps its own rule
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("path", ["/tasks/test/add", "/tasks/analysis/process_post", "/tasks/test/long/"])
+def test_a_job_types_path_takes_post_only(client: FlaskClient, method: str, path: str) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+    body = response.get_json()
+    assert body["error"] == "method_not_allowed" and "takes POST only" in body["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from trustcard.api.auth import client_identity, request_id, require_api_key
+from trustcard.api.job_routes import post_only_at_job_routes
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.requests import task_parameters
 from trustcard.catalogue import find_by_route
@@ -59,11 +60,13 @@ def _idempotency_key() -> str | None:
 
 
 @bp.get("/<path:task_id>")  # an id with "/" is an unknown task (404), not another route
+@post_only_at_job_routes
 def status(task_id: str) -> Response:
     return jsonify(_service().get(task_id).to_dict())
 
 
 @bp.delete("/<path:task_id>")
+@post_only_at_job_routes
 def cancel(task_id: str) -> Response:
     task = _service().cancel(task_id)
     return jsonify({"task_id": task.task_id, "status": task.status, "error": task.error})
