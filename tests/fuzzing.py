@@ -70,9 +70,11 @@ class StatusLog:
 
     def __init__(self) -> None:
         self.by_path: defaultdict[str, set[int]] = defaultdict(set)
+        self.answers = 0
 
     def add(self, path: str, status: int) -> None:
         self.by_path[path].add(status)
+        self.answers += 1
 
     def submit_paths_never_accepted(self) -> list[str]:
         """Job types the run reached that never answered 202: every submission refused."""
