@@ -18,3 +18,23 @@ graceful_timeout = 25
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
+# The access line names the request id the API sent back, so it joins the app's lines for it.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
+
+if (os.environ.get("LOG_FORMAT") or "text").strip().lower() == "json":
+    # Gunicorn's own lines (access and errors) as JSON objects too, like the app's.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "trustcard.logs.JSONFormatter"}},
+        # Gunicorn merges this over its own defaults, which name these two handlers.
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
+            "error_console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+        },
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        },
+        "root": {"level": "INFO", "handlers": []},  # the app adds its own (trustcard.logs)
+    }

@@ -141,3 +141,49 @@ def test_gunicorns_own_refusals_are_json_errors(
         assert phrase in answer["message"], (kind, answer)
         assert 20 <= len(headers["x-request-id"]) <= 200, kind
     assert request(web, "GET", "/health")[0] == 200
+
+
+REQUEST_ID = "platform-request-0123456789"
+
+
+def _submit_with_request_id(web: WebProcess) -> str:
+    status, headers, body = request(web, "POST", "/tasks/test/add?x=1&y=2", headers={"X-Request-Id": REQUEST_ID})
+    assert status == 202 and headers["X-Request-Id"] == REQUEST_ID
+    return str(body["task_id"])
+
+
+def test_web_log_lines_name_the_request_id_at_the_default_text_format(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]
+) -> None:
+    web = start_web(make_stack().env)
+    task_id = _submit_with_request_id(web)
+    lines = wait_until(
+        lambda: [line for line in web.log().splitlines() if REQUEST_ID in line and ("POST" in line or task_id in line)]
+        if len([line for line in web.log().splitlines() if REQUEST_ID in line]) >= 2 else None,
+        10,
+        "the app's and gunicorn's lines for the request",
+    )
+    app_line = next(line for line in lines if f"task {task_id} received" in line)
+    assert f"task_id={task_id} request_id={REQUEST_ID} client=127.0.0.1" in app_line
+    access_line = next(line for line in lines if '"POST /tasks/test/add' in line)
+    assert f"request_id={REQUEST_ID}" in access_line and " 202 " in access_line
+
+
+def test_log_format_json_setting_makes_every_web_line_a_json_object(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]
+) -> None:
+    web = start_web({**make_stack().env, "LOG_FORMAT": "json"})
+    task_id = _submit_with_request_id(web)
+    entries = wait_until(
+        lambda: (found := [json.loads(line) for line in web.log().splitlines() if REQUEST_ID in line])
+        and len(found) >= 2 and found,
+        10,
+        "the app's and gunicorn's JSON lines for the request",
+    )
+    for line in web.log().splitlines():
+        json.loads(line)  # every line, gunicorn's start-up lines included
+    app_entry = next(entry for entry in entries if entry["message"] == f"task {task_id} received: test.add {{'x': 1, 'y': 2}}")
+    assert (app_entry["task_id"], app_entry["request_id"], app_entry["client"]) == (task_id, REQUEST_ID, "127.0.0.1")
+    assert app_entry["level"] == "INFO" and app_entry["logger"] == "trustcard.tasks"
+    access_entry = next(entry for entry in entries if entry["logger"] == "gunicorn.access")
+    assert '"POST /tasks/test/add?x=1&y=2 HTTP/1.1" 202' in access_entry["message"]
