@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -46,6 +47,29 @@ def test_add_by_query_and_by_json_body(stack: Stack) -> None:
     log = stack.workers[0].log()  # one line a person can follow per received and succeeded job
     assert f"task {body['task_id']} received: test.add" in log
     assert re.search(rf"task {body['task_id']} succeeded in \d+\.\d{{3}} s: 15", log)
+
+
+def test_worker_log_lines_carry_the_request_id_and_client_of_their_task(stack: Stack) -> None:
+    request_id = "router-given-id-0123456789"
+    task_id = stack.submit("/tasks/test/add?x=2&y=3", headers={"X-Request-Id": request_id})
+    assert stack.wait_for(task_id)["result"] == 5
+    lines = [line for line in stack.workers[0].log().splitlines() if f"task {task_id} " in line]
+    assert len(lines) == 2, lines  # received, succeeded
+    assert all(f"[task_id={task_id} request_id={request_id} client=127.0.0.1] " in line for line in lines), lines
+
+
+def test_log_format_json_setting_makes_every_worker_line_a_json_object(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(LOG_FORMAT="json")
+    worker = stack.start_worker()
+    request_id = "router-given-id-9876543210"
+    task_id = stack.submit("/tasks/test/add?x=2&y=3", headers={"X-Request-Id": request_id})
+    assert stack.wait_for(task_id)["result"] == 5
+    entries = [json.loads(line) for line in worker.log().splitlines()]  # every line, RQ's start-up included
+    mine = [entry for entry in entries if entry["task_id"] == task_id]
+    assert len(mine) == 2, mine
+    assert mine[0]["message"] == f"task {task_id} received: test.add"
+    assert mine[1]["message"].startswith(f"task {task_id} succeeded in ") and mine[1]["message"].endswith(": 5")
+    assert {(entry["request_id"], entry["client"]) for entry in mine} == {(request_id, "127.0.0.1")}
 
 
 def test_sleep_answers_like_the_old_service(stack: Stack) -> None:
