@@ -65,6 +65,9 @@ class Settings:
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST
     metrics_token: str | None = None
     log_format: str = "text"
+    webhook_secret: str | None = None
+    webhook_allow_private: bool = False
+    events_heartbeat_seconds: int = 15
     dashboard_username: str = "admin"
     dashboard_password: str | None = None
     max_request_bytes: int = 1_048_576
@@ -112,6 +115,17 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
     return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true or false), got {raw!r}.")
 
 
 def _checked(name: str, value: T, check: Callable[[T], bool], problem: str) -> T:
@@ -203,6 +217,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_burst=_number(env, "RATE_LIMIT_BURST", DEFAULT_RATE_LIMIT_BURST, 1, 10_000_000),
         metrics_token=_optional(env, "METRICS_TOKEN"),
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS),
+        webhook_secret=_optional(env, "WEBHOOK_SECRET"),
+        webhook_allow_private=_flag(env, "WEBHOOK_ALLOW_PRIVATE", False),
+        events_heartbeat_seconds=_number(env, "EVENTS_HEARTBEAT_SECONDS", 15, 1, 50),
         dashboard_username=_text(env, "DASHBOARD_USERNAME", "admin"),
         dashboard_password=_optional(env, "DASHBOARD_PASSWORD"),
         max_request_bytes=_number(env, "MAX_REQUEST_BYTES", 1_048_576, 1_024, 104_857_600),
