@@ -30,9 +30,9 @@ from werkzeug.serving import make_server
 from trustcard.app import create_app
 from trustcard.catalogue import JOB_TYPES, QUEUE_NAMES
 from trustcard.cli import main as cli_main
-from trustcard.cli.client import ApiError, ConnectionFailed
+from trustcard.cli.client import ApiError, ConnectionFailed, Event, NoEventStream, parse_event_stream
 from trustcard.cli.main import ExitCode, cli, parse_param
-from trustcard.cli.progress import LiveBar, Silent, StageLines, follow
+from trustcard.cli.progress import LiveBar, Silent, StageLines, follow, follow_events
 from trustcard.config import load_settings
 from workers.job import CatalogueJob
 
@@ -401,3 +401,76 @@ def test_following_stops_at_once_on_a_client_error() -> None:
         follow(scripted([ApiError(404, "task_not_found", "gone"), *LONG_TASK_ANSWERS]), Silent(), clock=clock,
                sleep=clock.sleep)
     assert raised.value.status == 404 and clock.now == 0
+
+
+# --- following on the event stream --------------------------------------------------------
+
+END_VIEW = {"task_id": "t-1", "status": "completed", "result": 15, "error": None, "progress": None}
+
+
+def stream_bytes(*events: tuple[str, str, object]) -> list[bytes]:
+    lines: list[bytes] = [b": keep-alive\n", b"\n"]
+    for name, event_id, data in events:
+        lines += [f"event: {name}\n".encode(), f"id: {event_id}\n".encode(),
+                  f"data: {json.dumps(data)}\n".encode(), b"\n"]
+    return lines
+
+
+def test_an_event_stream_parses_into_named_events_with_ids_and_json() -> None:
+    events = list(parse_event_stream(stream_bytes(
+        ("progress", "1", {"percent": 20, "stage": "Running AI detection..."}), ("end", "2", END_VIEW)
+    )))
+    assert [(event.name, event.id) for event in events] == [("progress", "1"), ("end", "2")]
+    assert events[0].data["stage"] == "Running AI detection..." and events[1].data == END_VIEW
+    multi_line = list(parse_event_stream([b"data: {\"a\":\n", b"data: 1}\n", b"\n"]))
+    assert multi_line == [Event("message", None, {"a": 1})]
+
+
+def test_following_events_shows_progress_and_returns_the_end_without_polling() -> None:
+    display = StageLines(io.StringIO())
+    stream = stream_bytes(("progress", "1", {"percent": 20, "stage": "Running AI detection..."}),
+                          ("progress", "2", {"percent": 40, "stage": "Checking for deepfakes..."}),
+                          ("end", "3", END_VIEW))
+    polled: list[int] = []
+    task = follow_events(lambda _last: parse_event_stream(stream), lambda: polled.append(1) or {}, display)
+    assert task == END_VIEW and polled == []
+    assert display.stream.getvalue().splitlines() == [
+        "[ 20%] Running AI detection...", "[ 40%] Checking for deepfakes...", "[100%] completed"
+    ]
+
+
+def test_a_broken_stream_is_opened_again_from_the_last_event_id() -> None:
+    opened: list[str | None] = []
+
+    def open_stream(last_id: str | None) -> Iterator[Event]:
+        opened.append(last_id)
+        if len(opened) == 1:
+            yield from parse_event_stream(stream_bytes(("progress", "1", {"percent": 20, "stage": "a"})))
+            raise ConnectionFailed("reset")
+        yield from parse_event_stream(stream_bytes(("end", "2", END_VIEW)))
+
+    clock = FakeClock()
+    task = follow_events(open_stream, lambda: {}, Silent(), clock=clock, sleep=clock.sleep)
+    assert task == END_VIEW and opened == [None, "1"]
+
+
+def test_a_server_without_event_streams_is_polled_instead() -> None:
+    def no_stream(_last: str | None) -> Iterator[Event]:
+        raise NoEventStream("HTTP 404")
+        yield  # pragma: no cover
+
+    answers = iter(LONG_TASK_ANSWERS)
+    clock = FakeClock()
+    task = follow_events(no_stream, lambda: next(answers), Silent(), clock=clock, sleep=clock.sleep)
+    assert task["status"] == "completed" and clock.now > 0  # it polled
+
+
+def test_a_stream_that_keeps_failing_gives_up_after_the_reconnect_window() -> None:
+    def refused(_last: str | None) -> Iterator[Event]:
+        raise ConnectionFailed("refused")
+        yield  # pragma: no cover
+
+    clock = FakeClock()
+    with pytest.raises(ConnectionFailed):
+        follow_events(refused, lambda: {}, Silent(), reconnect_seconds=5, clock=clock, sleep=clock.sleep)
+    assert 5 < clock.now <= 5.5

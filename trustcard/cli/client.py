@@ -15,12 +15,20 @@ import logging
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_SECONDS = 10
 """How long one request may take before the API counts as unreachable."""
+
+STREAM_TIMEOUT_SECONDS = 60
+"""Longest silence on an event stream before it counts as broken: the server sends a comment
+heartbeat every 15 s by default (at most 50)."""
+
+EVENT_STREAM = "text/event-stream"
 
 USER_AGENT = "trustcard-cli"
 
@@ -41,6 +49,19 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.code}, HTTP {self.status})"
+
+
+class NoEventStream(Exception):
+    """The server does not stream this task's events (an older server): poll instead."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event: its name (`message` when unnamed), id and JSON data."""
+
+    name: str
+    id: str | None
+    data: Any
 
 
 class ApiClient:
@@ -72,6 +93,37 @@ class ApiClient:
             reason = getattr(error, "reason", None) or error
             raise ConnectionFailed(f"cannot reach {self.base_url}: {reason}") from None
 
+    def events(self, task_id: str, last_event_id: str | None = None) -> Iterator[Event]:
+        """The task's event stream (`GET /tasks/<id>/events`), from after `last_event_id`.
+
+        `NoEventStream` when the server answers anything but an event stream (404, 405, JSON):
+        the caller falls back to polling. Comments (heartbeats) are skipped.
+        """
+        headers = {"Accept": EVENT_STREAM, "User-Agent": USER_AGENT, "Cache-Control": "no-cache"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        url = f"{self.base_url}/tasks/{_segment(task_id)}/events"
+        request = urllib.request.Request(url, method="GET", headers=headers)
+        try:
+            response = urllib.request.urlopen(request, timeout=STREAM_TIMEOUT_SECONDS)
+        except urllib.error.HTTPError as error:
+            if error.code in (404, 405, 406, 501):
+                raise NoEventStream(f"no event stream for task {task_id} (HTTP {error.code})") from None
+            raise _api_error(error) from None
+        except ValueError as error:
+            raise ConnectionFailed(f"cannot use {self.base_url!r} as the API's address: {error}") from None
+        except OSError as error:
+            raise ConnectionFailed(f"cannot reach {self.base_url}: {getattr(error, 'reason', None) or error}") from None
+        with response:
+            if not response.headers.get("Content-Type", "").startswith(EVENT_STREAM):
+                raise NoEventStream(f"the server answered {response.headers.get('Content-Type')}, not events")
+            try:
+                yield from parse_event_stream(response)
+            except OSError as error:  # reset, or silent past the heartbeat: the caller reconnects
+                raise ConnectionFailed(f"the event stream of task {task_id} broke: {error}") from None
+
     def submit(self, job_name: str, params: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/tasks/" + job_name.replace(".", "/"), params))
 
@@ -92,6 +144,32 @@ class ApiClient:
             if error.status == 503 and isinstance(error.body, dict) and "status" in error.body:
                 return dict(error.body)
             raise
+
+
+def parse_event_stream(lines: Iterable[bytes]) -> Iterator[Event]:
+    """Server-Sent Events from the stream's lines (the W3C format: fields, blank line ends an event)."""
+    name, event_id, data = "message", None, []
+    for raw in lines:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data:
+                try:
+                    payload: Any = json.loads("\n".join(data))
+                except ValueError:
+                    payload = "\n".join(data)
+                yield Event(name, event_id, payload)
+            name, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue  # a comment: the heartbeat
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
 
 
 def _segment(task_id: str) -> str:

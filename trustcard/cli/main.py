@@ -19,7 +19,7 @@ import click
 
 from trustcard.catalogue import JOB_TYPES, JobType, find_by_route
 from trustcard.cli.client import ApiClient, ApiError, ConnectionFailed
-from trustcard.cli.progress import display_for, follow
+from trustcard.cli.progress import display_for, follow_events
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,11 @@ def describe_job_type(kind: JobType) -> dict[str, Any]:
 def wait_for(obj: Context, task_id: str) -> dict[str, Any]:
     """Follow the task until it ends; Ctrl-C stops following (exit 130), not the task."""
     try:
-        return follow(lambda: obj.client.task(task_id), display_for(sys.stderr, obj.as_json))
+        return follow_events(
+            lambda last_id: obj.client.events(task_id, last_id),
+            lambda: obj.client.task(task_id),
+            display_for(sys.stderr, obj.as_json),
+        )
     except KeyboardInterrupt:
         click.echo(f"stopped following task {task_id}; it carries on: trustcard status {task_id} --wait",
                    err=True)

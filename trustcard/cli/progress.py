@@ -6,6 +6,11 @@ dependency); when stderr is a file or a pipe it becomes one line per new stage, 
 logs and CI output keep readable; with `--json` nothing is shown. stdout is left for the
 result, so `trustcard submit ... --wait > result.json` works with or without a terminal.
 
+A task is followed on its event stream (`GET /tasks/<id>/events`): the server pushes each
+progress and the end, so the end is seen within milliseconds and nothing is polled. A stream
+that breaks is opened again with `Last-Event-ID`, so nothing is missed; against a server
+without event streams the task is polled every `POLL_SECONDS` instead.
+
 While following, the API may be briefly unreachable (a deploy restarts the web, Redis
 restarts): such failures are retried for `RECONNECT_SECONDS` before giving up.
 """
@@ -14,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TextIO
 
 import click
 
-from trustcard.cli.client import ApiError, ConnectionFailed
+from trustcard.cli.client import ApiError, ConnectionFailed, Event, NoEventStream
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +163,62 @@ def follow(
             sleep(poll_seconds)
     finally:
         display.close()
+
+
+def follow_events(
+    open_stream: Callable[[str | None], Iterator[Event]],
+    fetch: Callable[[], dict[str, Any]],
+    display: Display,
+    reconnect_seconds: float = RECONNECT_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_seconds: float = POLL_SECONDS,
+) -> dict[str, Any]:
+    """Follow the task on its event stream until its `end` event; return the final view.
+
+    `open_stream(last_event_id)` opens the stream from after that id. A broken stream is opened
+    again from the last id seen, for up to `reconnect_seconds` without an event; a server
+    without streams (`NoEventStream`) is polled with `fetch` instead, as `follow` does.
+    """
+    last_id: str | None = None
+    failing_since: float | None = None  # when the stream last broke, until an event comes again
+    try:
+        while True:
+            try:
+                for event in open_stream(last_id):
+                    failing_since = None
+                    if event.id is not None:
+                        last_id = event.id
+                    task = _task_of(event)
+                    if task is None:
+                        continue
+                    display.show(task)
+                    if event.name == "end" or task["status"] in ENDED:
+                        return task
+                problem: Exception = ConnectionFailed("the event stream kept closing before the task's end")
+            except NoEventStream as reason:
+                log.debug("polling instead: %s", reason)
+                return follow(fetch, display, poll_seconds, reconnect_seconds, clock, sleep)
+            except (ConnectionFailed, ApiError) as error:
+                if isinstance(error, ApiError) and error.status < 500 and error.status != 429:
+                    raise
+                problem = error
+            failing_since = clock() if failing_since is None else failing_since
+            if clock() - failing_since > reconnect_seconds:
+                raise problem
+            log.debug("event stream broke, opening it again from %s: %s", last_id, problem)
+            sleep(poll_seconds)
+    finally:
+        display.close()
+
+
+def _task_of(event: Event) -> dict[str, Any] | None:
+    """What to show for an event: a task view as it is, a progress object as a running task's."""
+    data = event.data
+    if not isinstance(data, dict):
+        return None
+    if "status" in data and "task_id" in data:
+        return data
+    if event.name == "progress":
+        return {"status": "started", "progress": data}
+    return None
