@@ -230,6 +230,10 @@ class Results:
     drain: list[float] = field(default_factory=list)
     lib_latency: list[float] = field(default_factory=list)
     http_latency: list[float] = field(default_factory=list)
+    wait_latency: list[float] = field(default_factory=list)
+    """HTTP submit, then `GET /tasks/<id>?wait=25` (our API only)."""
+    stream_latency: list[float] = field(default_factory=list)
+    """HTTP submit, then `GET /tasks/<id>/events` until its `end` event (our API only)."""
     peak_kb: list[int] = field(default_factory=list)
     peak_pss_kb: list[int] = field(default_factory=list)
 
@@ -366,6 +370,9 @@ class Bench:
                 result.drain.append(self._drain(name))
                 result.lib_latency.extend(self._latency_library(name))
                 result.http_latency.extend(self._latency_http(name))
+                if name != "celery":
+                    result.wait_latency.extend(self._latency_pushed(name, self._await_by_wait))
+                    result.stream_latency.extend(self._latency_pushed(name, self._await_by_stream))
             result.peak_kb.append(memory.peak_kb)
             result.peak_pss_kb.append(memory.peak_pss_kb)
         finally:
@@ -471,7 +478,52 @@ class Bench:
             connection.close()
         return times
 
+    def _latency_pushed(self, name: str, await_end: Callable[[http.client.HTTPConnection, str], Any]) -> list[float]:
+        """Submit over HTTP, then learn of the end as the API pushes it (no polling)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=30)
+        times = []
+        try:
+            for index in range(self.args.samples):
+                began = time.perf_counter()
+                status, body = _http(self.web_port, "POST", f"/tasks/test/add?x={index}&y=4", connection)
+                if status != 202:
+                    raise RuntimeError(f"{name}: submission answered {status}: {body}")
+                value = await_end(connection, body["task_id"])
+                times.append((time.perf_counter() - began) * 1000)
+                if value != index + 4:
+                    raise RuntimeError(f"{name}: add({index}, 4) pushed {value!r}")
+        finally:
+            connection.close()
+        return times
+
+    def _await_by_wait(self, connection: http.client.HTTPConnection, task_id: str) -> Any:
+        status, body = _http(self.web_port, "GET", f"/tasks/{task_id}?wait=25", connection)
+        if status != 200 or body.get("status") != "completed":
+            raise RuntimeError(f"task {task_id} after ?wait: {status} {body}")
+        return body.get("result")
+
+    def _await_by_stream(self, _connection: http.client.HTTPConnection, task_id: str) -> Any:
+        stream = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=30)
+        try:
+            stream.request("GET", f"/tasks/{task_id}/events", headers={"Accept": "text/event-stream"})
+            response = stream.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"task {task_id} events answered {response.status}")
+            event = None
+            for raw in response:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("event:"):
+                    event = line.partition(":")[2].strip()
+                elif line.startswith("data:") and event == "end":
+                    return json.loads(line.partition(":")[2]).get("result")
+            raise RuntimeError(f"task {task_id}: the stream closed without an end event")
+        finally:
+            stream.close()
+
     # report
+
+    def _pushed_report(self) -> list[str]:
+        return _pushed_rows(self.results, self.results.get(REFERENCE))
 
     def report(self) -> str:
         reference = self.results.get(REFERENCE)
@@ -499,6 +551,7 @@ class Bench:
                 f"| {_ratio(p50(result.http_latency), p50(reference and reference.http_latency))} "
                 f"| {max(result.peak_kb) / 1024:,.0f} | {max(result.peak_pss_kb) / 1024:,.0f} |"
             )
+        lines += self._pushed_report()
         lines += ["", "| enqueue path | jobs/s | vs Celery, same path |", "| --- | --- | --- |"]
         for label, rates in self.enqueue.items():
             peer = self.enqueue.get(label.replace("RQ,", "Celery,").replace("HTTP API (Procfile web)",
@@ -509,6 +562,32 @@ class Bench:
             f"{name} {', '.join(f'{value:.0f}' for value in result.drain)}" for name, result in self.results.items()
         )]
         return "\n".join(lines)
+
+
+def _pushed_rows(results: dict[str, Results], reference: Results | None) -> list[str]:
+    """Submit-then-result when the end is pushed (?wait, the event stream), beside Celery's
+    `AsyncResult.get()` (in-process, on its result backend) and Celery's HTTP polling."""
+    celery_get = reference and reference.lib_latency
+    celery_poll = reference and reference.http_latency
+    rows = [
+        "",
+        "| submit, then result | p50 / p90 / p99 ms | vs Celery `AsyncResult.get()` (p50) | vs Celery polling (p50) |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def row(label: str, values: list[float] | None) -> str:
+        p50 = _percentile(values, 50) if values else None
+        return (f"| {label} | {_spread(values) if values else '-'} | {_ratio(p50, celery_get and _percentile(celery_get, 50))} "
+                f"| {_ratio(p50, celery_poll and _percentile(celery_poll, 50))} |")
+
+    for name, result in results.items():
+        if result.wait_latency:
+            rows.append(row(f"{_LABELS[name]}: HTTP `?wait=25`", result.wait_latency))
+            rows.append(row(f"{_LABELS[name]}: HTTP event stream", result.stream_latency))
+    if reference is not None:
+        rows.append(row("Celery: `AsyncResult.get()` (library)", celery_get))
+        rows.append(row(f"Celery: HTTP polling every {POLL_SECONDS * 1000:g} ms", celery_poll))
+    return rows
 
 
 _LABELS = {

@@ -39,6 +39,10 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
         assert 0 < peak_pss <= peak_rss, line  # both memory figures were sampled
     assert "| RQ, HTTP API (Procfile web) |" in table
     assert "| Celery, library |" in table
+    for pushed in ("FastWorker (long-lived job process) x2: HTTP `?wait=25`",
+                   "FastWorker (long-lived job process) x2: HTTP event stream",
+                   "Celery: `AsyncResult.get()` (library)"):
+        assert f"| {pushed} |" in table, table
     # The private redis-server and every process it started are gone.
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
