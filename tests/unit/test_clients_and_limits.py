@@ -10,6 +10,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 from flask import Flask, request
+from redis.exceptions import ResponseError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -254,3 +255,19 @@ def test_log_format_json_setting_writes_one_object_per_line() -> None:
 def test_the_default_log_format_is_readable_text() -> None:
     assert load_settings({}).log_format == "text"
     assert not isinstance(logs.formatter_for("text"), logs.JSONFormatter)
+
+
+def test_a_bucket_script_refused_by_redis_lets_the_submission_answer_for_itself(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At `maxmemory` Redis refuses the script's write with a plain ResponseError ("-OOM ..."):
+    the limit is not enforced, and the submission goes on (to its own 503 when Redis is full)."""
+    app = make_app(tmp_path, fake_redis)
+    limiter = app.extensions["trustcard.ratelimiter"]
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise ResponseError("Error running script: -OOM command not allowed when used memory > 'maxmemory'.")
+
+    monkeypatch.setattr(limiter, "_take", refused)
+    answer = app.test_client().post(ADD)
+    assert answer.status_code == 202 and "RateLimit-Limit" not in answer.headers

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
 from redis import Redis
+from redis.exceptions import RedisError
 
 from trustcard.api.auth import rate_limit_key
 from trustcard.config import Settings
-from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
+from trustcard.connections import REDIS_DOWN_ERRORS
 from trustcard.exceptions import RateLimited
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class RateLimiter:
         burst = settings.rate_limit_burst
         try:
             allowed, remaining = self._take(keys=[KEY_PREFIX + client_key], args=[rate, burst, cost])
-        except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES) as error:
+        except (*REDIS_DOWN_ERRORS, RedisError) as error:
+            # Down, out of memory or read-only (inside a script these come as a plain
+            # ResponseError): the submission answers 503 for that reason anyway.
             log.warning("rate limit not enforced, Redis failed: %s", error)
             return None
         return BucketState(bool(allowed), burst, float(remaining), rate, cost)
