@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
     from trustcard import dashboard, rq_speedups
-    from trustcard.api import auth, errors, health, metrics, openapi, requests, tasks
+    from trustcard.api import auth, errors, event_hub, health, metrics, openapi, requests, tasks
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
@@ -38,11 +38,13 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("trustcard").setLevel(logging.INFO)
 
+    given_redis = redis
     redis = redis if redis is not None else web_redis(settings)
     app.extensions["trustcard.redis"] = redis
     app.extensions["trustcard.engine"] = make_engine(settings.database_url)
     app.extensions["trustcard.tasks"] = TaskService(redis, settings)
     app.extensions["trustcard.ratelimiter"] = RateLimiter(redis, settings)
+    event_hub.init_app(app, settings, given_redis)
 
     auth.init_app(app, settings)
     app.before_request(requests.refuse_oversized_body)

@@ -1,4 +1,14 @@
-"""Gunicorn's gthread worker, with its own refusals answered in the API's JSON error shape.
+"""The web's gunicorn worker: gevent, with gunicorn's own refusals in the API's JSON shape.
+
+Why gevent: `GET /tasks/<id>/events` and `?wait=N` hold a connection open for seconds to
+minutes. gthread gives each open connection a thread of a small fixed pool (4 per process
+here), so a few dozen streams would starve the ordinary API, and a thread per stream for
+a thousand streams costs a stack each and a GIL fought over by a thousand threads. The
+gevent worker serves each connection in a greenlet (a few KB) on one event loop, up to
+`worker_connections` at once; everything the app blocks on (Redis, the event hub, HTTP)
+goes through sockets that gevent patches, and the database driver is made cooperative by
+psycogreen in gunicorn's `post_fork` hook (gunicorn.conf.py). The app's code stays plain
+synchronous Flask: no second server, no async rewrite.
 
 Gunicorn refuses some requests before the app sees them: a request line over
 `limit_request_line` (414), too many or too large header fields (431), a malformed
@@ -8,7 +18,8 @@ page; clients of this API expect `{"error": code, "message": sentence}` everywhe
 The worker lets gunicorn's own `handle_error` decide the status and do its logging and
 access log, writing into a recorder instead of the client's socket, then sends the same
 status with a JSON body that says what was wrong. So the statuses stay gunicorn's, and
-only the body changes.
+only the body changes. `JSONErrorWorker` is the same on gthread (the worker this service
+used before the event streams).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import Any
 
 from gunicorn.http import errors
 from gunicorn.util import write_nonblock
+from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 
 log = logging.getLogger(__name__)
@@ -44,12 +56,14 @@ REFUSAL_CODES: dict[int, str] = {
 STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3}) ([^\r\n]*)\r\n")
 
 
-class JSONErrorWorker(ThreadWorker):
-    """gthread, but every error gunicorn answers itself is JSON."""
+class JSONRefusals:
+    """Mixed into a gunicorn worker class: every error gunicorn answers itself is JSON."""
+
+    cfg: Any
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         recorder = _Recorder()
-        super().handle_error(req, recorder, addr, exc)  # gunicorn's status, log lines and access log
+        super().handle_error(req, recorder, addr, exc)  # type: ignore[misc]  # gunicorn's status, log lines and access log
         status, reason = recorder.status(exc)
         code = REFUSAL_CODES.get(status, "bad_request" if status < 500 else "internal_error")
         error = {"error": code, "message": refusal_message(exc, status, self.cfg)}
@@ -66,6 +80,14 @@ class JSONErrorWorker(ThreadWorker):
             write_nonblock(client, head + body)
         except OSError as failure:  # the client went away: nothing to answer
             log.debug("could not send the refusal: %s", failure)
+
+
+class JSONErrorWorker(JSONRefusals, ThreadWorker):
+    """gthread, with JSON refusals."""
+
+
+class JSONErrorGeventWorker(JSONRefusals, GeventWorker):
+    """gevent (the Procfile's web worker), with JSON refusals."""
 
 
 class _Recorder:

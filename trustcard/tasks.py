@@ -33,6 +33,8 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from trustcard import logs
+from trustcard.callback_urls import CALLBACK_HEADER, CallbackURLRefused, check_callback_url
+from trustcard.callbacks import CALLBACK_FIELD, CALLBACK_META_KEY, CallbackState, read_state
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
@@ -73,6 +75,7 @@ class TaskView:
     progress: dict[str, Any] | None
     worker: str | None
     submitted_by: str | None
+    callback: dict[str, Any] | None
     submitted_at: str | None
     started_at: str | None
     ended_at: str | None
@@ -83,12 +86,13 @@ class TaskView:
 
 @dataclass(frozen=True)
 class StoredTask:
-    """One task as read from Redis in a single round trip: the job, our cancel flag, and
-    its latest result record (None until it has run)."""
+    """One task as read from Redis in a single round trip: the job, our cancel flag, its
+    latest result record (None until it has run) and its callback state (None without one)."""
 
     job: Job
     cancel_requested: bool
     latest: Result | None
+    callback: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,21 @@ def validate_params(job_type: JobType, raw: Mapping[str, Any]) -> dict[str, Any]
     return model.model_dump()
 
 
+def check_callback(url: str, settings: Settings) -> None:
+    """Refuse (422, naming the header) a callback that cannot be signed or may not be called."""
+    if not settings.webhook_secret:
+        problem = "needs WEBHOOK_SECRET to be set on the server: deliveries are always signed"
+    else:
+        try:
+            check_callback_url(url, allow_private=settings.webhook_allow_private)
+            return
+        except CallbackURLRefused as refused:
+            problem = f"is refused: {refused}"
+    raise ValidationFailed(
+        f"{CALLBACK_HEADER} {problem}.", problems=[{"parameter": CALLBACK_HEADER, "problem": problem}]
+    )
+
+
 class TaskService:
     """Submit, read, cancel and list tasks on one Redis connection."""
 
@@ -168,24 +187,29 @@ class TaskService:
         *,
         submitted_by: str | None = None,
         request_id: str | None = None,
+        callback_url: str | None = None,
     ) -> Submission:
         """Validate and enqueue; the view is the task as stored in Redis.
 
         With an `idempotency_key`, the same key within the result lifetime answers with the
         first task instead of enqueuing another (and refuses other parameters under it).
         `submitted_by` and `request_id` are kept on the job, so that the worker's log lines
-        name the same request as the router's and the web's.
+        name the same request as the router's and the web's. A `callback_url` is checked
+        (`trustcard.callback_urls`) before anything is queued; the task's end then POSTs its
+        final view there.
         """
         job_type = BY_NAME.get(job_name)
-        if job_type is None:
+        if job_type is None or job_type.internal:
             raise UnknownJobType(f"There is no job type named {job_name!r}.")
         params = validate_params(job_type, raw_params)
+        if callback_url is not None:
+            check_callback(callback_url, self.settings)
         queue = self._queue(job_type.queue)
         if self.settings.max_queue_depth and queue.count >= self.settings.max_queue_depth:
             raise QueueFull(f"The {job_type.queue} queue is full ({self.settings.max_queue_depth} waiting tasks).")
         job_id = str(uuid.uuid4())
         if idempotency_key is not None:
-            earlier = self._claim_idempotency_key(idempotency_key, job_id, job_type, params)
+            earlier = self._claim_idempotency_key(idempotency_key, job_id, job_type, params, callback_url)
             if earlier is not None:
                 return Submission(self._view_or_placeholder(earlier, job_type), replayed=True)
         soft_timeout = job_type.soft_timeout or self.settings.job_soft_timeout
@@ -205,11 +229,16 @@ class TaskService:
                         "hard_timeout": hard_timeout,
                         "submitted_by": submitted_by,
                         "request_id": request_id,
+                        **({CALLBACK_META_KEY: callback_url} if callback_url is not None else {}),
                     },
                     retry=retry,
                     job_id=job_id,
                     pipeline=pipeline,
                 )
+                callback = None
+                if callback_url is not None:
+                    callback = CallbackState(callback_url)
+                    pipeline.hset(job.key, CALLBACK_FIELD, callback.to_json())
                 pipeline.execute()
         except BaseException:
             if idempotency_key is not None:
@@ -218,16 +247,18 @@ class TaskService:
         with logs.bound(task_id=job.id):
             log.info("task %s received: %s %s", job.id, job_type.name, params)
         # Just enqueued under a new id: nothing to read back, no cancel flag, no result yet.
-        return Submission(self._view(StoredTask(job, cancel_requested=False, latest=None)), replayed=False)
+        stored = StoredTask(job, cancel_requested=False, latest=None, callback=callback and callback.to_dict())
+        return Submission(self._view(stored), replayed=False)
 
     def _idempotency_redis_key(self, key: str) -> str:
         return IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
     def _claim_idempotency_key(
-        self, key: str, job_id: str, job_type: JobType, params: dict[str, Any]
+        self, key: str, job_id: str, job_type: JobType, params: dict[str, Any], callback_url: str | None = None
     ) -> str | None:
         """Claim `key` for `job_id`; return the earlier task's id when it is taken."""
-        fingerprint = json.dumps([job_type.name, params], sort_keys=True)
+        request = [job_type.name, params] + ([callback_url] if callback_url is not None else [])
+        fingerprint = json.dumps(request, sort_keys=True)
         record = json.dumps({"task_id": job_id, "request": fingerprint})
         redis_key = self._idempotency_redis_key(key)
         ttl = job_type.result_ttl or self.settings.result_ttl
@@ -235,7 +266,7 @@ class TaskService:
             return None
         stored = self.connection.get(redis_key)
         if stored is None:  # expired between the two calls: claim it again
-            return self._claim_idempotency_key(key, job_id, job_type, params)
+            return self._claim_idempotency_key(key, job_id, job_type, params, callback_url)
         earlier = json.loads(stored)
         if earlier["request"] != fingerprint:
             raise IdempotencyKeyReused(
@@ -255,7 +286,7 @@ class TaskService:
             return self._view(self._fetch(task_id))
         except TaskNotFound:
             return TaskView(task_id, job_type.name, job_type.queue, TaskStatus.PENDING.value,
-                            None, None, None, None, None, None, None, None)
+                            None, None, None, None, None, None, None, None, None)
 
     @redis_required
     def retry(self, task_id: str) -> TaskView:
@@ -353,7 +384,7 @@ class TaskService:
             latest = Result.restore(
                 job.id, result_id.decode(), payload, connection=self.connection, serializer=JSONSerializer
             )
-        return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in raw, latest=latest)
+        return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in raw, latest=latest, callback=read_state(raw))
 
     def _stop_running(self, job: Job) -> None:
         """Ask the job's worker to stop it, and give it a moment to confirm."""
@@ -420,6 +451,7 @@ class TaskService:
             progress=meta.get("progress"),
             worker=job.worker_name,
             submitted_by=meta.get("submitted_by"),
+            callback=stored.callback,
             submitted_at=_iso(job.created_at),
             started_at=_iso(job.started_at),
             ended_at=_iso(job.ended_at),

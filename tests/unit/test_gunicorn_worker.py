@@ -20,7 +20,7 @@ from gunicorn.glogging import Logger
 from gunicorn.http import errors
 from gunicorn.http.parser import RequestParser
 
-from trustcard.gunicorn_worker import JSONErrorWorker
+from trustcard.gunicorn_worker import JSONErrorGeventWorker, JSONErrorWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,10 +110,24 @@ def test_the_requests_own_valid_request_id_is_echoed_else_one_is_made(worker: JS
     assert answer(worker, errors.InvalidRequestLine("GARBAGE"))[1]["X-Request-Id"] != made
 
 
-def test_gunicorn_conf_uses_the_worker_and_keeps_threads_and_timeouts() -> None:
+def test_gunicorn_conf_uses_the_gevent_worker_and_keeps_timeouts() -> None:
     config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert config["worker_class"] == "trustcard.gunicorn_worker.JSONErrorWorker"
+    assert config["worker_class"] == "trustcard.gunicorn_worker.JSONErrorGeventWorker"
+    assert config["worker_connections"] == 4000  # open event streams and long polls, per process
     assert (config["timeout"], config["graceful_timeout"], config["keepalive"]) == (30, 25, 5)
+    assert callable(config["post_fork"])  # makes psycopg2 cooperative under gevent
+
+
+def test_the_gevent_worker_answers_refusals_as_json_too() -> None:
+    cfg = Config()
+    cfg.set("accesslog", None)
+    gevent_worker = JSONErrorGeventWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+    try:
+        status, headers, body = answer(gevent_worker, errors.LimitRequestLine(9000, 4094))
+    finally:
+        gevent_worker.tmp.close()
+    assert status == 414 and headers["Content-Type"] == "application/json"
+    assert body["error"] == "uri_too_long" and "4094" in body["message"]
 
 
 def test_a_refusal_gunicorn_fails_to_write_is_still_json(worker: JSONErrorWorker) -> None:

@@ -48,6 +48,7 @@ from pydantic.json_schema import models_json_schema
 from trustcard.api import schemas
 from trustcard.api.auth import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from trustcard.api.tasks import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_LENGTH
+from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH
 from trustcard.catalogue import JOB_TYPES, JobType
 from trustcard.config import Settings
 from trustcard.tasks import TASK_ID_PATTERN
@@ -378,7 +379,8 @@ def _submit_operation(job_type: JobType, refs: dict[type[BaseModel], dict[str, s
         ),
         "413": _answer("The body is over the size limit.", refs[schemas.PayloadTooLargeError]),
         "422": _answer(
-            "A parameter is missing, unknown, of the wrong type or out of range (error `validation_error`).",
+            "A parameter is missing, unknown, of the wrong type or out of range, or the Callback-URL is "
+            "refused (error `validation_error`).",
             refs[schemas.ValidationFailedError],
         ),
     }
@@ -393,7 +395,7 @@ def _submit_operation(job_type: JobType, refs: dict[type[BaseModel], dict[str, s
             f"satisfy `{job_type.params.__name__}`."
         ),
         "security": _security(secured),
-        "parameters": [*_query_parameters(job_type.params), _idempotency_parameter()],
+        "parameters": [*_query_parameters(job_type.params), _idempotency_parameter(), _callback_parameter()],
         "requestBody": {
             "required": False,
             "description": "The parameters as a JSON object, instead of (or as well as) the query string.",
@@ -423,6 +425,24 @@ def _idempotency_parameter() -> dict[str, Any]:
             "instead of queuing another. The same key with other parameters is refused (409)."
         ),
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+    }
+
+
+def _callback_parameter() -> dict[str, Any]:
+    return {
+        "name": CALLBACK_HEADER,
+        "in": "header",
+        "required": False,
+        "description": (
+            "An http(s) URL: when the task ends (completed, failed or cancelled), its final view (as GET "
+            "/tasks/{task_id} answers it) is POSTed there as JSON, with the header `TrustCard-Signature: "
+            "t=<unix time>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with WEBHOOK_SECRET>`. A 2xx answer is a "
+            "delivery; anything else, a redirect or no answer within 15 s is retried with back-off (first "
+            "within 5 s, for about a day); the task's `callback` shows each attempt. Refused with 422 when "
+            "the server has no WEBHOOK_SECRET, for credentials in the URL, over 2,048 characters, and for a "
+            "host that resolves to a loopback, private, link-local (metadata) or other non-public address."
+        ),
+        "schema": {"type": "string", "format": "uri", "maxLength": MAX_URL_LENGTH},
     }
 
 

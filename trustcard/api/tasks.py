@@ -8,6 +8,7 @@ from trustcard.api.auth import client_identity, request_id, require_api_key
 from trustcard.api.job_routes import post_only_at_job_routes
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.requests import task_parameters
+from trustcard.callback_urls import CALLBACK_HEADER
 from trustcard.catalogue import find_by_route
 from trustcard.exceptions import BadRequest, UnknownJobType
 from trustcard.tasks import TaskService
@@ -37,6 +38,7 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
         _idempotency_key(),
         submitted_by=client_identity(),
         request_id=request_id(),
+        callback_url=request.headers.get(CALLBACK_HEADER),
     )
     task = submission.task
     body = {**task.to_dict(), "status": "submitted"}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from trustcard.callbacks import delivery_commands
 from trustcard.metrics.outcomes import DURATION_BUCKETS, SubmissionOutcome, TaskOutcome, job_type_name, run_seconds
 
 if TYPE_CHECKING:
@@ -77,6 +78,17 @@ def end_commands(job_type: str, outcome: TaskOutcome, seconds: float | None) -> 
 
 
 def job_end_commands(job: Job, outcome: TaskOutcome, *, timed: bool = True) -> list[tuple[Any, ...]]:
+    """The commands run with `job`'s end: its counts (and what else `_counted_end_commands`
+    adds), then the start of its webhook delivery when it has a Callback-URL."""
+    commands = _counted_end_commands(job, outcome, timed=timed)
+    try:
+        return [*commands, *delivery_commands(job)]
+    except Exception:  # noqa: BLE001 - a webhook must never break the end it reports
+        log.exception("task %s: could not queue its webhook delivery", job.id)
+        return commands
+
+
+def _counted_end_commands(job: Job, outcome: TaskOutcome, *, timed: bool = True) -> list[tuple[Any, ...]]:
     """`end_commands` for `job` (its type and run time read from it); [] if that fails."""
     try:
         seconds = run_seconds(job.started_at, job.ended_at) if timed else None
