@@ -130,7 +130,7 @@ def test_health_reports_every_part(client: FlaskClient) -> None:
         "status": "healthy",
         "database": "connected",
         "workers": 0,
-        "queues": {"analysis": 0},
+        "queues": {"webhooks": 0, "analysis": 0},
         "redis": "connected",
     }
 
@@ -213,9 +213,11 @@ def test_reading_a_task_is_one_redis_round_trip(
 def test_a_submission_is_three_redis_round_trips(
     client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The rate-limit count, the queue-depth check, and one transaction for the job."""
+    """The rate-limit script, the queue-depth check, and one transaction for the job (with its
+    count for /metrics): nothing more, also once the answer is closed."""
     submit(client, "/tasks/test/add?x=1&y=2")  # the first one also learns Redis's version
     round_trips = RoundTrips(monkeypatch, fake_redis)
-    task_id = submit(client, "/tasks/test/add?x=2&y=2")["task_id"]
+    with client.post("/tasks/test/add?x=2&y=2") as response:
+        task_id = response.get_json()["task_id"]
     assert round_trips.count == 3
     assert fake_redis.lrange("rq:queue:analysis", 0, -1)[-1].decode() == task_id

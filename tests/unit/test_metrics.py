@@ -240,14 +240,15 @@ def submit_ok(client: FlaskClient, path: str = "/tasks/test/add?x=1&y=2") -> str
         return str(response.get_json()["task_id"])
 
 
-def test_submissions_counted_by_answer_after_it_is_sent(client: FlaskClient) -> None:
+def test_submissions_counted_by_answer(client: FlaskClient) -> None:
     with client.post("/tasks/test/add?x=1&y=2") as response:
         assert response.status_code == 202
-        assert submissions(scrape(client))["accepted"] == 0  # not yet: counted once the answer is sent
+        assert submissions(scrape(client))["accepted"] == 1  # in the enqueue transaction itself
     task_id = submit_ok(client)
     for path, status in (("/tasks/test/add?x=1&y=banana", 422), ("/tasks/test/nope", 404)):
         with client.post(path) as response:
             assert response.status_code == status
+            assert submissions(scrape(client))["invalid"] == (1 if status == 422 else 2) - 1  # once it is sent
     with client.delete(f"/tasks/{task_id}"):
         pass
     with client.post(f"/tasks/{task_id}/retry") as response:  # a retry is no submission
@@ -271,6 +272,22 @@ def test_a_broken_counter_never_changes_the_answer(client: FlaskClient, fake_red
     fake_redis.set(store.SUBMISSIONS_KEY, "not a hash")  # every HINCRBY on it fails
     submit_ok(client)
     assert fake_redis.llen("rq:queue:analysis") == 1
+    with client.post("/tasks/test/add?x=1&y=banana") as response:
+        assert response.status_code == 422
+
+
+def test_a_rate_limited_submission_is_counted_in_the_limits_own_script(
+    settings: Settings, fake_redis: fakeredis.FakeRedis
+) -> None:
+    env = {"RATE_LIMIT_BURST": "1", "RATE_LIMIT_PER_MINUTE": "1", "DATABASE_URL": settings.database_url}
+    client = create_app(load_settings(env), redis=fake_redis).test_client()
+    submit_ok(client)
+    with client.post("/tasks/test/add?x=1&y=2") as response:
+        assert response.status_code == 429
+        assert submissions(scrape(client))["rate_limited"] == 1  # before the answer is even closed
+    assert submissions(scrape(client)) == {
+        "accepted": 1, "rate_limited": 1, "queue_full": 0, "unavailable": 0, "invalid": 0
+    }
 
 
 def test_redis_down_while_counting_a_submission_is_swallowed(fake_redis: fakeredis.FakeRedis) -> None:

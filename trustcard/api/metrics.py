@@ -10,7 +10,7 @@ import functools
 import hmac
 import logging
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from redis.exceptions import RedisError
 
@@ -60,11 +60,13 @@ def _require_token() -> None:
 
 
 def count_submission(response: Response) -> Response:
-    """`after_request`: count a submission by its answer. The count is written once the
-    answer has been sent (when the server closes the response), so it adds no Redis round
-    trip to the submission's latency; it never changes or fails the answer."""
-    if request.endpoint != SUBMIT_ENDPOINT:
-        return response
+    """`after_request`: count a submission by its answer, unless the Redis call that decided it
+    counted it already (an accepted task in its enqueue transaction, a refusal in the rate
+    limit's script: the common answers cost no extra round trip). The others are written once
+    the answer has been sent (when the server closes the response); it never changes or fails
+    the answer."""
+    if request.endpoint != SUBMIT_ENDPOINT or g.get("submission_counted"):
+        return response  # accepted and rate-limited answers were counted in their own Redis call
     try:
         error_code = None
         if response.status_code == 503 and response.is_json:

@@ -26,10 +26,12 @@ from trustcard.api.auth import rate_limit_key
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS
 from trustcard.exceptions import RateLimited
+from trustcard.metrics.store import SUBMISSIONS_KEY
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "trustcard:ratelimit:"
+SUBMIT_ENDPOINT = "tasks.submit"
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -48,6 +50,8 @@ local allowed = 0
 if tokens >= cost then
   tokens = tokens - cost
   allowed = 1
+elseif ARGV[4] == '1' then
+  redis.pcall('HINCRBY', KEYS[2], 'rate_limited', 1)  -- /metrics; never fails the take
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
@@ -88,15 +92,18 @@ class RateLimiter:
         self.settings = settings
         self._take = redis.register_script(_TAKE)
 
-    def take(self, client_key: str, cost: int = 1) -> BucketState | None:
-        """Take `cost` tokens from the client's bucket; None when the limit is off or Redis fails."""
+    def take(self, client_key: str, cost: int = 1, *, count_refusal: bool = False) -> BucketState | None:
+        """Take `cost` tokens from the client's bucket; None when the limit is off or Redis fails.
+        With `count_refusal`, a refusal is counted for /metrics in the same script call."""
         settings = self.settings
         if settings.rate_limit_per_minute <= 0:
             return None
         rate = settings.rate_limit_per_minute / 60
         burst = settings.rate_limit_burst
         try:
-            allowed, remaining = self._take(keys=[KEY_PREFIX + client_key], args=[rate, burst, cost])
+            allowed, remaining = self._take(
+                keys=[KEY_PREFIX + client_key, SUBMISSIONS_KEY], args=[rate, burst, cost, int(count_refusal)]
+            )
         except (*REDIS_DOWN_ERRORS, RedisError) as error:
             # Down, out of memory or read-only (inside a script these come as a plain
             # ResponseError): the submission answers 503 for that reason anyway.
@@ -110,11 +117,13 @@ def limit_submissions() -> None:
     if request.method != "POST":
         return
     limiter: RateLimiter = current_app.extensions["trustcard.ratelimiter"]
-    state = limiter.take(rate_limit_key())
+    is_submission = request.endpoint == SUBMIT_ENDPOINT
+    state = limiter.take(rate_limit_key(), count_refusal=is_submission)
     if state is None:
         return
     g.rate_limit = state
     if not state.allowed:
+        g.submission_counted = is_submission
         raise RateLimited(
             f"Too many submissions: each client may submit {state.limit} at once and "
             f"{limiter.settings.rate_limit_per_minute} a minute after that; try again in {state.retry_after_seconds} s.",

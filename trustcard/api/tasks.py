@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
 
 from trustcard.api.auth import client_identity, request_id, require_api_key
+from trustcard.api.event_hub import EventHub
 from trustcard.api.job_routes import post_only_at_job_routes
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.requests import task_parameters
+from trustcard.api.task_stream import (
+    LAST_EVENT_ID_HEADER,
+    STREAM_HEADERS,
+    TaskStream,
+    last_event_id,
+    wait_for_end,
+    wait_seconds,
+)
 from trustcard.callback_urls import CALLBACK_HEADER
 from trustcard.catalogue import find_by_route
 from trustcard.exceptions import BadRequest, UnknownJobType
@@ -45,6 +54,8 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
     headers = {"Location": url_for("tasks.status", task_id=task.task_id)}
     if submission.replayed:
         headers["Idempotent-Replayed"] = "true"
+    else:
+        g.submission_counted = True  # in the enqueue transaction (trustcard.api.metrics)
     return jsonify(body), 202, headers
 
 
@@ -64,7 +75,31 @@ def _idempotency_key() -> str | None:
 @bp.get("/<path:task_id>")  # an id with "/" is an unknown task (404), not another route
 @post_only_at_job_routes
 def status(task_id: str) -> Response:
-    return jsonify(_service().get(task_id).to_dict())
+    wait = wait_seconds(request.args.get("wait"))
+    if wait is None:  # what old clients call: one read, as always
+        return jsonify(_service().get(task_id).to_dict())
+    return jsonify(wait_for_end(_service(), _event_hub(), task_id, wait).to_dict())
+
+
+@bp.get("/<task_id>/events")
+def events(task_id: str) -> Response:
+    """Server-Sent Events: the state at once, each progress write, the end; then it closes."""
+    settings = current_app.config["TRUSTCARD_SETTINGS"]
+    after = last_event_id(request.headers.get(LAST_EVENT_ID_HEADER))
+    stream = TaskStream(_service(), _event_hub(), task_id, after, settings.events_heartbeat_seconds)
+    if stream.already_delivered:
+        stream.close()
+        return Response(status=204, headers=STREAM_HEADERS)
+    response = Response(
+        stream_with_context(stream.events()), mimetype="text/event-stream", headers=STREAM_HEADERS
+    )
+    response.call_on_close(stream.close)  # also when the body was never iterated
+    return response
+
+
+def _event_hub() -> EventHub:
+    hub: EventHub = current_app.extensions["trustcard.events"]
+    return hub
 
 
 @bp.delete("/<path:task_id>")
