@@ -3,6 +3,9 @@
 The web enqueues by the dotted `function` path and never imports job code; workers
 run only functions named here (see `workers.worker`). The Procfile, compose.yaml and
 the worker settings take their queue names from `QUEUE_NAMES`, and a test proves it.
+`JOB_TYPES` are the types clients submit (the API routes, the OpenAPI document, the
+CLI); `ALL_JOB_TYPES` adds the internal ones (webhook delivery), which only our own
+code enqueues but workers must still run.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from trustcard.params import AddParams, FailParams, JobParams, NoParams, PostParams, SleepParams
 
 ANALYSIS_QUEUE = "analysis"
+WEBHOOKS_QUEUE = "webhooks"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,8 @@ class JobType:
     retries: int = 0
     retry_backoff: tuple[int, ...] = ()
     """Seconds to wait before each retry; the last one repeats. Empty: retry at once."""
+    internal: bool = False
+    """Enqueued by the service itself, never by clients: no route, no OpenAPI path."""
 
     @property
     def route(self) -> str:
@@ -73,11 +79,31 @@ JOB_TYPES: tuple[JobType, ...] = (
     ),
 )
 
-BY_NAME: dict[str, JobType] = {job_type.name: job_type for job_type in JOB_TYPES}
-BY_FUNCTION: dict[str, JobType] = {job_type.function: job_type for job_type in JOB_TYPES}
-QUEUE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(job_type.queue for job_type in JOB_TYPES))
+WEBHOOK_DELIVERY = JobType(
+    name="webhooks.deliver",
+    function="workers.webhooks.deliver",
+    params=NoParams,
+    summary="POST a task's final view to its Callback-URL, signed; retried with back-off for a day.",
+    queue=WEBHOOKS_QUEUE,
+    soft_timeout=25,
+    hard_timeout=30,
+    result_ttl=86400,
+    retries=10,
+    retry_backoff=(5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800),
+    internal=True,
+)
+"""Short limits: one attempt is a connect (5 s) and a read (10 s). The waits add up to
+23.7 hours, so the eleventh attempt comes about a day after the first, then it gives up.
+Its queue comes first in `QUEUE_NAMES`: deliveries are small and late ones are useless,
+so a worker takes them before a backlog of analyses."""
+
+ALL_JOB_TYPES: tuple[JobType, ...] = (WEBHOOK_DELIVERY, *JOB_TYPES)
+BY_NAME: dict[str, JobType] = {job_type.name: job_type for job_type in ALL_JOB_TYPES}
+BY_FUNCTION: dict[str, JobType] = {job_type.function: job_type for job_type in ALL_JOB_TYPES}
+QUEUE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(job_type.queue for job_type in ALL_JOB_TYPES))
 
 
 def find_by_route(route: str) -> JobType | None:
-    """The job type submitted at /tasks/<route>, or None."""
-    return BY_NAME.get(route.strip("/").replace("/", "."))
+    """The job type submitted at /tasks/<route>, or None (also for an internal type)."""
+    job_type = BY_NAME.get(route.strip("/").replace("/", "."))
+    return None if job_type is None or job_type.internal else job_type

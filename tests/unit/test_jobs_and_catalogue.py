@@ -11,7 +11,7 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from trustcard.catalogue import BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, find_by_route
+from trustcard.catalogue import ALL_JOB_TYPES, BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, find_by_route
 from workers import analysis, test_jobs
 from workers.job import CatalogueJob, JobNotCatalogued
 from workers.stages import STAGE_NAMES
@@ -20,18 +20,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_catalogued_function_exists() -> None:
-    for job_type in JOB_TYPES:
+    for job_type in ALL_JOB_TYPES:
         module_name, _, function_name = job_type.function.rpartition(".")
         assert callable(getattr(importlib.import_module(module_name), function_name)), job_type.name
 
 
 def test_names_routes_and_functions_are_unique() -> None:
-    assert len(BY_NAME) == len(BY_FUNCTION) == len(JOB_TYPES)
+    assert len(BY_NAME) == len(BY_FUNCTION) == len(ALL_JOB_TYPES)
     for job_type in JOB_TYPES:
         assert find_by_route(job_type.route) is job_type
     assert find_by_route("test/long") is BY_NAME["test.long"]
     assert find_by_route("nothing/here") is None
-    assert QUEUE_NAMES == ("analysis",)
+    assert QUEUE_NAMES == ("webhooks", "analysis")
+
+
+def test_internal_job_types_have_no_route_and_are_not_listed_for_clients() -> None:
+    internal = [job_type for job_type in ALL_JOB_TYPES if job_type.internal]
+    assert [job_type.name for job_type in internal] == ["webhooks.deliver"]
+    for job_type in internal:
+        assert find_by_route(job_type.route) is None and job_type not in JOB_TYPES
+        assert BY_FUNCTION[job_type.function] is job_type  # workers still run it
 
 
 def test_add_and_sleep_answer_like_the_old_service() -> None:

@@ -158,6 +158,7 @@ def test_add_is_documented_as_the_contract_says(open_app: Flask) -> None:
         ("x", "query", "number"),
         ("y", "query", "number"),
         ("Idempotency-Key", "header", "string"),
+        ("Callback-URL", "header", "string"),
         ("X-Request-Id", "header", "string"),
     ]
     assert set(operation["responses"]) == {"202", "400", "409", "413", "414", "422", "429", "431", "503"}

@@ -25,6 +25,21 @@ class Progress(BaseModel):
     stage: str = Field(description="The stage it is in, e.g. 'Running AI detection...'.")
 
 
+class Callback(BaseModel):
+    """The webhook of a task submitted with `Callback-URL` (`trustcard.callbacks`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str = Field(description="Where the task's final view is POSTed, signed (TrustCard-Signature).")
+    status: Literal["pending", "retrying", "delivered", "failed"] = Field(
+        description="pending until the task ends and the first attempt is made; retrying after a failed "
+        "attempt (retried with back-off: first within 5 s, for about a day); delivered once the receiver "
+        "answered 2xx; failed when every attempt failed."
+    )
+    attempts: int = Field(description="Delivery attempts made so far.")
+    last_error: str | None = Field(description="Why the last attempt failed (one line), or null.")
+
+
 class Task(BaseModel):
     """One task as the API reports it: the fields of `trustcard.tasks.TaskView`."""
 
@@ -42,6 +57,9 @@ class Task(BaseModel):
     worker: str | None = Field(description="The name of the worker that runs or ran it, or null.")
     submitted_by: str | None = Field(
         description="Who submitted it: the name of the client's API key (API_KEYS), else the client's address."
+    )
+    callback: Callback | None = Field(
+        description="Its webhook, when it was submitted with a Callback-URL header; else null."
     )
     submitted_at: str | None = Field(description="When it was submitted, ISO 8601 in UTC ('...Z').")
     started_at: str | None = Field(description="When a worker started it, ISO 8601 in UTC, or null.")
