@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
@@ -38,6 +38,10 @@ Reads still work; writes are refused whole (a refused MULTI/EXEC writes nothing)
 
 WEB_CONNECT_TIMEOUT_SECONDS = 1.0
 WEB_SOCKET_TIMEOUT_SECONDS = 1.0
+WEB_POOL_CONNECTIONS = 100
+"""Redis connections one web process may hold (redis-py's default pool size)."""
+WEB_POOL_WAIT_SECONDS = 2.0
+"""How long a request waits for a free pooled connection before it answers 503."""
 TLS_SCHEME = "rediss://"
 
 
@@ -75,11 +79,22 @@ def worker_redis_url(settings: Settings) -> str:
 def web_redis(settings: Settings) -> Redis:
     """A client for the web process: one quick retry when a connection breaks (a pooled socket
     may be stale after a Redis restart), none when Redis stops answering, so a frozen Redis
-    costs one socket timeout per request, not several."""
-    return redis_client(
-        settings,
+    costs one socket timeout per request, not several.
+
+    Its pool holds at most `WEB_POOL_CONNECTIONS`, and a request that finds them all busy
+    waits up to `WEB_POOL_WAIT_SECONDS` for one: under gunicorn's gevent worker a thousand
+    requests may be in flight at once, and redis-py's own pool refuses the 101st with "Too
+    many connections" instead of waiting."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        **tls_options(settings),
         socket_connect_timeout=WEB_CONNECT_TIMEOUT_SECONDS,
         socket_timeout=WEB_SOCKET_TIMEOUT_SECONDS,
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         health_check_interval=15,
+        max_connections=WEB_POOL_CONNECTIONS,
+        timeout=WEB_POOL_WAIT_SECONDS,
     )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # closing the client closes its pool, as from_url's does
+    return client

@@ -47,7 +47,7 @@ RECONNECT_DELAY_SECONDS = 0.5
 LISTENER_SOCKET_TIMEOUT_SECONDS = 5.0
 LISTENER_HEALTH_CHECK_SECONDS = 5
 """The listener PINGs on a quiet connection this often, so a dead one is noticed."""
-UNAVAILABLE_MESSAGE = "The task queue (Redis) is unreachable; try again shortly."
+UNAVAILABLE_MESSAGE = "The task queue (Redis) is unreachable for task events; try again shortly."
 
 
 class Waiter:

@@ -35,6 +35,11 @@ MAX_WAIT_SECONDS = 25.0
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 HEARTBEAT = b": keep-alive\n\n"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+RECHECK_SECONDS = 60.0
+"""A quiet stream reads its task again this often anyway (at a heartbeat): a safety net for
+an end announced before it was recorded (RQ's clean-up of a task whose worker died counts,
+and so announces, just before it fails the task). Not at every heartbeat: a thousand
+streams opened together would read together every 15 s."""
 
 
 def has_ended(view: TaskView) -> bool:
@@ -141,7 +146,7 @@ class TaskStream:
             yield event("state", sent, self.view.to_dict())
         elif not any(entry["seq"] > sent for entry in self.log) and not has_ended(self.view):
             yield b": resumed\n\n"  # nothing missed yet: a first byte at once, for the router
-        last_write = time.monotonic()
+        last_write = last_read = time.monotonic()
         while True:
             fresh = [entry for entry in self.log if entry["seq"] > sent]
             for entry in fresh:
@@ -156,6 +161,7 @@ class TaskStream:
             if not woken:
                 yield HEARTBEAT
                 last_write = time.monotonic()
-            # Read again when woken, and at each heartbeat: a safety net, one read per
-            # heartbeat, for an end whose message was lost while the listener reconnected.
+                if last_write - last_read < RECHECK_SECONDS:
+                    continue
             self.view, self.log = self.service.get_with_progress_log(self.task_id)
+            last_read = time.monotonic()

@@ -1,0 +1,304 @@
+"""Task events on fakeredis: what workers publish, the web's listener, `?wait` and the stream.
+
+The same paths through gunicorn with a real worker are in
+tests/integration/test_task_events.py; these pin the pieces: channel names, the bounded
+progress history, the end's PUBLISH riding on every end, a waiter woken by the listener,
+the stream's ids and replay, and a broken listener ending in 503, not a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from trustcard import task_events
+from trustcard.api.event_hub import EventHub
+from trustcard.app import create_app
+from trustcard.config import load_settings
+from trustcard.exceptions import QueueUnavailable
+from trustcard.metrics.outcomes import TaskOutcome
+from trustcard.metrics.store import job_end_commands
+
+
+@pytest.fixture
+def fake_redis() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def app(fake_redis: fakeredis.FakeRedis, tmp_path: Any) -> Iterator[Flask]:
+    settings = load_settings({"DATABASE_URL": f"sqlite:///{tmp_path / 'events.db'}"})
+    app = create_app(settings, redis=fake_redis)
+    yield app
+    app.extensions["trustcard.events"].stop()
+    app.extensions["trustcard.engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def submit(client: FlaskClient, path: str = "/tasks/test/add?x=1&y=2") -> str:
+    response = client.post(path)
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["task_id"])
+
+
+def job_of(fake_redis: fakeredis.FakeRedis, task_id: str) -> Job:
+    return Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
+
+
+def write_progress(fake_redis: fakeredis.FakeRedis, task_id: str, percent: int, stage: str) -> int:
+    """What workers.progress.report_progress writes, from outside a worker."""
+    job = job_of(fake_redis, task_id)
+    seq = task_events.append_progress(job.meta, {"percent": percent, "stage": stage})
+    job.save_meta()
+    fake_redis.execute_command(*task_events.progress_command(task_id, seq))
+    return seq
+
+
+def finish(fake_redis: fakeredis.FakeRedis, task_id: str, result: Any = 3) -> None:
+    """End the task as a worker's success path does, with the end's commands."""
+    job = job_of(fake_redis, task_id)
+    queue = Queue(job.origin, connection=fake_redis, serializer=JSONSerializer)
+    with fake_redis.pipeline() as pipeline:
+        job.set_status("started", pipeline=pipeline)
+        pipeline.execute()
+    job._result = result
+    from rq.results import Result
+
+    with fake_redis.pipeline() as pipeline:
+        job.set_status("finished", pipeline=pipeline)
+        Result.create(job, Result.Type.SUCCESSFUL, ttl=60, return_value=result, pipeline=pipeline)
+        pipeline.execute()
+    assert queue is not None
+    for command in job_end_commands(job, TaskOutcome.COMPLETED, timed=False):
+        if command[0] == "PUBLISH":
+            fake_redis.execute_command(*command)
+
+
+# --- what workers publish ----------------------------------------------------------------
+
+
+def test_channel_names_round_trip() -> None:
+    assert task_events.channel("abc") == "trustcard:task:abc"
+    assert task_events.task_id_of(b"trustcard:task:abc") == "abc"
+    assert task_events.task_id_of("other:abc") is None
+
+
+def test_every_end_carries_the_publish_of_its_task(fake_redis: fakeredis.FakeRedis) -> None:
+    job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue(
+        "workers.test_jobs.add", 1, 2, meta={"job_type": "test.add"}
+    )
+    for outcome in TaskOutcome:
+        commands = job_end_commands(job, outcome, timed=False)
+        assert ("PUBLISH", f"trustcard:task:{job.id}", "end") in commands, outcome
+
+
+def test_progress_history_is_bounded_and_keeps_counting() -> None:
+    meta: dict[str, Any] = {}
+    for number in range(task_events.PROGRESS_LOG_LIMIT + 20):
+        seq = task_events.append_progress(meta, {"percent": number, "stage": f"s{number}"})
+    assert seq == task_events.PROGRESS_LOG_LIMIT + 20
+    history = task_events.progress_log(meta)
+    assert len(history) == task_events.PROGRESS_LOG_LIMIT
+    assert history[0]["seq"] == 21 and history[-1]["seq"] == seq
+    assert meta["progress"] == {"percent": seq - 1, "stage": f"s{seq - 1}"}  # the view's field, as before
+
+
+def test_report_progress_writes_the_meta_and_publishes(fake_redis: fakeredis.FakeRedis, monkeypatch: Any) -> None:
+    from workers import progress
+
+    job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue("workers.test_jobs.long_task")
+    monkeypatch.setattr(progress, "get_current_job", lambda: job)
+    pubsub = fake_redis.pubsub()
+    pubsub.subscribe(task_events.channel(job.id))
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    progress.report_progress(20, "Running AI detection...")
+    progress.report_progress(40, "Checking for deepfakes...")
+    stored = job_of(fake_redis, job.id)
+    assert stored.meta["progress"] == {"percent": 40, "stage": "Checking for deepfakes..."}
+    assert [entry["seq"] for entry in stored.meta["progress_log"]] == [1, 2]
+    messages = [pubsub.get_message(timeout=1) for _ in range(2)]
+    assert [message["data"] for message in messages if message] == [b"1", b"2"]
+
+
+# --- the listener ------------------------------------------------------------------------
+
+
+def test_a_waiter_registered_before_the_publish_is_woken(fake_redis: fakeredis.FakeRedis) -> None:
+    hub = EventHub(lambda: fake_redis)
+    try:
+        with hub.waiting("t1") as waiter, hub.waiting("t2") as other:
+            fake_redis.publish(task_events.channel("t1"), "end")
+            assert waiter.wait(2) == ["end"]
+            assert other.wait(0.05) == []
+        assert hub.waiter_count == 0
+    finally:
+        hub.stop()
+
+
+def test_a_listener_that_cannot_reach_redis_answers_503_not_a_hang() -> None:
+    def unreachable() -> Any:
+        raise RedisConnectionError("Connection refused")
+
+    hub = EventHub(unreachable)
+    started = time.monotonic()
+    try:
+        with pytest.raises(QueueUnavailable):
+            hub.register("t1")
+    finally:
+        hub.stop()
+    assert time.monotonic() - started < 5
+
+
+class DroppingPubSub:
+    """A PubSub whose connection drops when told to, as a Redis restart drops it."""
+
+    def __init__(self, drop: threading.Event) -> None:
+        self.drop = drop
+        self.confirmed = False
+
+    def psubscribe(self, *_: Any) -> None:
+        pass
+
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        if not self.confirmed:
+            self.confirmed = True
+            return {"type": "psubscribe", "channel": b"trustcard:task:*", "data": 1}
+        if self.drop.wait(timeout):
+            raise RedisConnectionError("Connection closed by server.")
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_waiter_is_broken_off_when_the_listener_loses_redis() -> None:
+    drop = threading.Event()
+
+    class Client:
+        def pubsub(self) -> DroppingPubSub:
+            return DroppingPubSub(drop)
+
+    hub = EventHub(lambda: Client())  # type: ignore[arg-type, return-value]
+    try:
+        waiter = hub.register("t1")
+        drop.set()
+        started = time.monotonic()
+        with pytest.raises(QueueUnavailable):
+            waiter.wait(10)
+        assert time.monotonic() - started < 2
+        hub.unregister(waiter)
+    finally:
+        hub.stop()
+
+
+# --- ?wait -------------------------------------------------------------------------------
+
+
+def test_wait_answers_when_the_task_ends(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    task_id = submit(client)
+    timer = threading.Timer(0.3, finish, (fake_redis, task_id))
+    timer.start()
+    started = time.monotonic()
+    response = client.get(f"/tasks/{task_id}?wait=10")
+    elapsed = time.monotonic() - started
+    timer.join()
+    assert response.status_code == 200 and response.get_json()["status"] == "completed"
+    assert response.get_json()["result"] == 3
+    assert 0.25 < elapsed < 2, elapsed
+
+
+def test_wait_answers_at_its_deadline(client: FlaskClient) -> None:
+    task_id = submit(client)
+    started = time.monotonic()
+    response = client.get(f"/tasks/{task_id}?wait=0.5")
+    assert 0.5 <= time.monotonic() - started < 1.5
+    assert response.get_json()["status"] == "pending"
+
+
+def test_wait_on_an_unknown_task_is_the_json_404(client: FlaskClient) -> None:
+    response = client.get("/tasks/nope?wait=1")
+    assert response.status_code == 404 and response.get_json()["error"] == "task_not_found"
+
+
+# --- the event stream --------------------------------------------------------------------
+
+
+def parse(raw: bytes) -> list[dict[str, Any]]:
+    blocks = []
+    for chunk in raw.decode().split("\n\n"):
+        if not chunk.strip():
+            continue
+        block: dict[str, Any] = {}
+        for line in chunk.splitlines():
+            if line.startswith(":"):
+                block["comment"] = line[1:].strip()
+            else:
+                name, _, value = line.partition(": ")
+                block[name] = json.loads(value) if name == "data" else value
+        blocks.append(block)
+    return blocks
+
+
+def test_stream_of_an_ended_task_is_its_state_then_its_end(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    task_id = submit(client)
+    write_progress(fake_redis, task_id, 50, "half")
+    finish(fake_redis, task_id)
+    response = client.get(f"/tasks/{task_id}/events")
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache" and response.headers["X-Accel-Buffering"] == "no"
+    state, end = parse(response.data)
+    assert (state["event"], state["id"]) == ("state", "1")
+    assert (end["event"], end["id"]) == ("end", "2")
+    assert end["data"] == client.get(f"/tasks/{task_id}").get_json()
+
+
+def test_stream_replays_what_came_after_last_event_id(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    task_id = submit(client)
+    for percent in (20, 40, 60):
+        write_progress(fake_redis, task_id, percent, f"at {percent}")
+    finish(fake_redis, task_id)
+    blocks = parse(client.get(f"/tasks/{task_id}/events", headers={"Last-Event-ID": "1"}).data)
+    assert [(block["event"], block["id"]) for block in blocks] == [("progress", "2"), ("progress", "3"), ("end", "4")]
+    assert blocks[0]["data"] == {"percent": 40, "stage": "at 40"}
+    assert client.get(f"/tasks/{task_id}/events", headers={"Last-Event-ID": "4"}).status_code == 204
+
+
+def test_stream_pushes_progress_as_it_is_written(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+    task_id = submit(client)
+
+    def worker() -> None:
+        for percent in (20, 40):
+            time.sleep(0.2)
+            write_progress(fake_redis, task_id, percent, f"at {percent}")
+        time.sleep(0.2)
+        finish(fake_redis, task_id)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    blocks = parse(client.get(f"/tasks/{task_id}/events").data)
+    thread.join()
+    assert [block["event"] for block in blocks] == ["state", "progress", "progress", "end"]
+    assert [block["id"] for block in blocks] == ["0", "1", "2", "3"]
+
+
+def test_a_bad_last_event_id_is_a_422_naming_it(client: FlaskClient) -> None:
+    task_id = submit(client)
+    response = client.get(f"/tasks/{task_id}/events", headers={"Last-Event-ID": "yesterday"})
+    assert response.status_code == 422
+    assert response.get_json()["problems"][0]["parameter"] == "Last-Event-ID"
