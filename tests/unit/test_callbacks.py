@@ -332,3 +332,43 @@ def test_the_recorder_refuses_what_cannot_travel_as_json() -> None:
     assert recorder.commands == [("HSET", "key", "field", "text")]
     with pytest.raises(TypeError):
         recorder.hset("key", "field", object())  # type: ignore[arg-type]
+
+
+# --- one delivery attempt's outcome in the task's view ------------------------------------------
+
+
+def test_the_last_failed_attempt_marks_the_callback_failed(
+    signed_private_app: Flask, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The eleventh attempt (no retries left) gives up: status failed, every attempt counted.
+    The worker's settings refuse loopback here (WEBHOOK_ALLOW_PRIVATE unset), so it fails
+    without any network."""
+    from workers import webhooks
+
+    task_id = submitted_with_callback(signed_private_app)
+    job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
+    assert store.run_count(fake_redis, delivery_commands(job))
+    [delivery] = delivery_jobs(fake_redis)
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    monkeypatch.delenv("WEBHOOK_ALLOW_PRIVATE", raising=False)
+    monkeypatch.setattr(webhooks, "get_current_job", lambda: delivery)
+    client = signed_private_app.test_client()
+    for retries_left, status in ((10, "retrying"), (0, "failed")):
+        delivery.retries_left = retries_left
+        with pytest.raises(webhooks.DeliveryFailed, match="refused at delivery"):
+            webhooks.deliver(**delivery.kwargs)
+        callback = client.get(f"/tasks/{task_id}").get_json()["callback"]
+        assert callback["status"] == status and "loopback" in callback["last_error"]
+    assert callback["attempts"] == WEBHOOK_DELIVERY.retries + 1
+
+
+def test_a_delivery_for_an_expired_task_writes_nothing(
+    fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import webhooks
+
+    delivery = Job.create("workers.webhooks.deliver", kwargs={"task_id": "gone", "url": "https://e.com/"},
+                          connection=fake_redis, serializer=JSONSerializer)
+    monkeypatch.setattr(webhooks, "get_current_job", lambda: delivery)
+    assert webhooks.deliver("gone", "https://e.com/") == "task expired"
+    assert not fake_redis.exists("rq:job:gone")  # not brought back as a hash without a lifetime
