@@ -303,6 +303,7 @@ def test_ctrl_c_stops_following_but_not_the_task(api: Api, monkeypatch: pytest.M
         raise KeyboardInterrupt
 
     monkeypatch.setattr("trustcard.cli.client.ApiClient.task", interrupted)
+    monkeypatch.setattr("trustcard.cli.client.ApiClient.events", interrupted)  # Ctrl-C on the stream
     result = run(api, "status", task_id, "--wait")
     assert result.exit_code == ExitCode.INTERRUPTED
     assert f"it carries on: trustcard status {task_id} --wait" in result.stderr
