@@ -106,6 +106,10 @@ def test_wait_in_a_pipe_prints_each_stage_and_the_exact_result(
     progress_lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
     assert [line for line in progress_lines if line not in ("[  0%] waiting", "[  0%] running")] == STAGE_LINES
     terminal_screenshot("trustcard submit test.long --wait", result.stderr + result.stdout, "cli.png", tmp_path)
+    # It followed the task on its event stream, not by polling: one stream, no status reads.
+    access = [line for line in web.log().splitlines() if '"GET /tasks/' in line]
+    assert sum("/events HTTP" in line for line in access) == 1, access
+    assert not [line for line in access if "/events" not in line], access
 
 
 def test_wait_on_a_terminal_draws_a_live_bar_while_running_lists_the_task(
