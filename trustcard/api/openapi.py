@@ -47,6 +47,7 @@ from pydantic.json_schema import models_json_schema
 
 from trustcard.api import schemas
 from trustcard.api.auth import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
+from trustcard.api.task_stream import LAST_EVENT_ID_HEADER, MAX_WAIT_SECONDS
 from trustcard.api.tasks import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_LENGTH
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH
 from trustcard.catalogue import JOB_TYPES, JobType
@@ -142,6 +143,10 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "parameters": [_task_id_parameter()],
         "get": _status_operation(refs, secured),
         "delete": _cancel_operation(refs, secured),
+    }
+    paths["/tasks/{task_id}/events"] = {
+        "parameters": [_task_id_parameter()],
+        "get": _events_operation(refs, secured),
     }
     paths["/tasks/{task_id}/retry"] = {
         "parameters": [_task_id_parameter()],
@@ -464,11 +469,68 @@ def _status_operation(refs: dict[type[BaseModel], dict[str, str]], secured: bool
         ),
         **_task_responses(refs, secured),
     }
+    responses["422"] = _answer("`wait` is not a number of seconds in (0, 25] (error `validation_error`).",
+                               refs[schemas.ValidationFailedError])
     return {
         "tags": ["tasks"],
         "operationId": "get_task",
         "summary": "Read a task",
+        "description": (
+            "With `wait=N`, a long poll: answers as soon as the task ends, else after N seconds with its "
+            "state then. Without it, at once."
+        ),
         "security": _security(secured),
+        "parameters": [
+            {
+                "name": "wait",
+                "in": "query",
+                "required": False,
+                "description": "Seconds to wait for the task's end before answering (more than 0, at most 25).",
+                "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS},
+            }
+        ],
+        "responses": dict(sorted(responses.items())),
+    }
+
+
+def _events_operation(refs: dict[type[BaseModel], dict[str, str]], secured: bool) -> dict[str, Any]:
+    responses = {
+        "200": {
+            "description": (
+                "Server-Sent Events, until the task ends. `event: state` (the task, as GET /tasks/{task_id} "
+                "answers it) at once; `event: progress` (the progress object) each time the job reports "
+                "progress; `event: end` (the task's final view), then the stream closes. A comment "
+                "(`: keep-alive`) every EVENTS_HEARTBEAT_SECONDS (15). Every event has an `id:`: progress "
+                "writes are numbered 1, 2, ...; `state` carries the number of the last one it includes, `end` "
+                "the number after the last one. Reconnecting with `Last-Event-ID` sends what came after it."
+            ),
+            "headers": {
+                "Cache-Control": {"description": "`no-cache`.", "schema": {"type": "string"}},
+                "X-Accel-Buffering": {"description": "`no`: proxies pass each event on at once.",
+                                      "schema": {"type": "string"}},
+            },
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "204": {"description": "`Last-Event-ID` is the end event's: the client has had everything."},
+        "404": _answer("No such task (error `task_not_found`).", refs[schemas.Error]),
+        "422": _answer("`Last-Event-ID` is not a whole number (error `validation_error`).",
+                       refs[schemas.ValidationFailedError]),
+        **_task_responses(refs, secured),
+    }
+    return {
+        "tags": ["tasks"],
+        "operationId": "task_events",
+        "summary": "Follow a task as Server-Sent Events",
+        "security": _security(secured),
+        "parameters": [
+            {
+                "name": LAST_EVENT_ID_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "The id of the last event a reconnecting client received.",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        ],
         "responses": dict(sorted(responses.items())),
     }
 

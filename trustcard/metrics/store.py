@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from trustcard.callbacks import delivery_commands
 from trustcard.metrics.outcomes import DURATION_BUCKETS, SubmissionOutcome, TaskOutcome, job_type_name, run_seconds
+from trustcard.task_events import end_command
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -89,10 +90,12 @@ def job_end_commands(job: Job, outcome: TaskOutcome, *, timed: bool = True) -> l
 
 
 def _counted_end_commands(job: Job, outcome: TaskOutcome, *, timed: bool = True) -> list[tuple[Any, ...]]:
-    """`end_commands` for `job` (its type and run time read from it); [] if that fails."""
+    """`end_commands` for `job` (its type and run time read from it), and the PUBLISH that
+    wakes whoever waits on its end; [] if that fails."""
     try:
         seconds = run_seconds(job.started_at, job.ended_at) if timed else None
-        return end_commands(job_type_name(job), outcome, seconds)
+        # The task's end is announced in the same call (trustcard.task_events).
+        return [*end_commands(job_type_name(job), outcome, seconds), end_command(job.id)]
     except Exception:  # noqa: BLE001 - counting must never break the end it counts
         log.exception("task %s: could not build its %s count", job.id, outcome.value)
         return []
