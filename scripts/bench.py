@@ -77,6 +77,9 @@ ENQUEUE_OPTIONS: dict[str, Any] = {
 """What the task service passes for an `add` job, so the library figures match the API's work."""
 START_TIMEOUT = 60.0
 POLL_SECONDS = 0.001
+PUSHING_SYSTEMS = ("trustcard", "fast")
+"""Our workers announce each end (trustcard.task_events); stock RQ's do not, so ?wait and the
+event stream learn of those ends only at their deadline: measured for ours only."""
 WORKER_CLASSES = {
     "rq-fork": None,
     "rq-simple": "rq.SimpleWorker",
@@ -234,6 +237,8 @@ class Results:
     """HTTP submit, then `GET /tasks/<id>?wait=25` (our API only)."""
     stream_latency: list[float] = field(default_factory=list)
     """HTTP submit, then `GET /tasks/<id>/events` until its `end` event (our API only)."""
+    prefer_latency: list[float] = field(default_factory=list)
+    """One HTTP round trip: submit with `Prefer: wait=25`, answered with the result (our API only)."""
     peak_kb: list[int] = field(default_factory=list)
     peak_pss_kb: list[int] = field(default_factory=list)
 
@@ -370,9 +375,10 @@ class Bench:
                 result.drain.append(self._drain(name))
                 result.lib_latency.extend(self._latency_library(name))
                 result.http_latency.extend(self._latency_http(name))
-                if name != "celery":
+                if name in PUSHING_SYSTEMS:
                     result.wait_latency.extend(self._latency_pushed(name, self._await_by_wait))
                     result.stream_latency.extend(self._latency_pushed(name, self._await_by_stream))
+                    result.prefer_latency.extend(self._latency_one_trip(name))
             result.peak_kb.append(memory.peak_kb)
             result.peak_pss_kb.append(memory.peak_pss_kb)
         finally:
@@ -496,6 +502,22 @@ class Bench:
             connection.close()
         return times
 
+    def _latency_one_trip(self, name: str) -> list[float]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=30)
+        times = []
+        try:
+            for index in range(self.args.samples):
+                began = time.perf_counter()
+                connection.request("POST", f"/tasks/test/add?x={index}&y=5", headers={"Prefer": "wait=25"})
+                response = connection.getresponse()
+                body = json.loads(response.read())
+                times.append((time.perf_counter() - began) * 1000)
+                if response.status != 200 or body.get("result") != index + 5:
+                    raise RuntimeError(f"{name}: add({index}, 5) with Prefer: wait answered {response.status} {body}")
+        finally:
+            connection.close()
+        return times
+
     def _await_by_wait(self, connection: http.client.HTTPConnection, task_id: str) -> Any:
         status, body = _http(self.web_port, "GET", f"/tasks/{task_id}?wait=25", connection)
         if status != 200 or body.get("status") != "completed":
@@ -584,6 +606,8 @@ def _pushed_rows(results: dict[str, Results], reference: Results | None) -> list
         if result.wait_latency:
             rows.append(row(f"{_LABELS[name]}: HTTP `?wait=25`", result.wait_latency))
             rows.append(row(f"{_LABELS[name]}: HTTP event stream", result.stream_latency))
+            rows.append(row(f"{_LABELS[name]}: HTTP submit with `Prefer: wait=25` (one round trip)",
+                            result.prefer_latency))
     if reference is not None:
         rows.append(row("Celery: `AsyncResult.get()` (library)", celery_get))
         rows.append(row(f"Celery: HTTP polling every {POLL_SECONDS * 1000:g} ms", celery_poll))

@@ -41,6 +41,7 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     assert "| Celery, library |" in table
     for pushed in ("FastWorker (long-lived job process) x2: HTTP `?wait=25`",
                    "FastWorker (long-lived job process) x2: HTTP event stream",
+                   "FastWorker (long-lived job process) x2: HTTP submit with `Prefer: wait=25` (one round trip)",
                    "Celery: `AsyncResult.get()` (library)"):
         assert f"| {pushed} |" in table, table
     # The private redis-server and every process it started are gone.

@@ -159,12 +159,13 @@ def test_add_is_documented_as_the_contract_says(open_app: Flask) -> None:
         ("y", "query", "number"),
         ("Idempotency-Key", "header", "string"),
         ("Callback-URL", "header", "string"),
+        ("Prefer", "header", "string"),
         ("X-Request-Id", "header", "string"),
     ]
-    assert set(operation["responses"]) == {"202", "400", "409", "413", "414", "422", "429", "431", "503"}
+    assert set(operation["responses"]) == {"200", "202", "400", "409", "413", "414", "422", "429", "431", "503"}
     assert operation["responses"]["202"]["headers"]["Location"]["required"] is True
     assert operation["responses"]["429"]["headers"]["Retry-After"]["required"] is True
-    for status in ("202", "429"):
+    for status in ("200", "202", "429"):
         headers = operation["responses"][status]["headers"]
         for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"):
             assert headers[name]["required"] is True and headers[name]["schema"]["type"] == "integer", (status, name)

@@ -359,8 +359,14 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 def _submit_operation(job_type: JobType, refs: dict[type[BaseModel], dict[str, str]], secured: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {
+        "200": _answer(
+            "Sent with `Prefer: wait=N`, and the task ended within those N seconds: its final view, as "
+            "GET /tasks/{task_id} answers it (status completed, failed or cancelled).",
+            refs[schemas.Task],
+            {**_location(), **_rate_limit_headers(), **_preference_applied()},
+        ),
         "202": _answer(
-            "Accepted and queued.",
+            "Accepted and queued (with `Prefer: wait=N`: and not ended within N seconds).",
             refs[schemas.SubmittedTask],
             {
                 **_location(),
@@ -400,7 +406,9 @@ def _submit_operation(job_type: JobType, refs: dict[type[BaseModel], dict[str, s
             f"satisfy `{job_type.params.__name__}`."
         ),
         "security": _security(secured),
-        "parameters": [*_query_parameters(job_type.params), _idempotency_parameter(), _callback_parameter()],
+        "parameters": [
+            *_query_parameters(job_type.params), _idempotency_parameter(), _callback_parameter(), _prefer_parameter()
+        ],
         "requestBody": {
             "required": False,
             "description": "The parameters as a JSON object, instead of (or as well as) the query string.",
@@ -430,6 +438,31 @@ def _idempotency_parameter() -> dict[str, Any]:
             "instead of queuing another. The same key with other parameters is refused (409)."
         ),
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+    }
+
+
+def _prefer_parameter() -> dict[str, Any]:
+    return {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "description": (
+            "`wait=N` (RFC 7240): hold the answer up to N seconds (at most 25) for the task to end; if it does, "
+            "the answer is 200 with its final view, so a quick task costs one round trip. A preference that "
+            "cannot be read is ignored."
+        ),
+        "schema": {"type": "string"},
+        "example": "wait=10",
+    }
+
+
+def _preference_applied() -> dict[str, Any]:
+    return {
+        "Preference-Applied": {
+            "description": "`wait=N`: the wait that was applied.",
+            "required": False,
+            "schema": {"type": "string"},
+        }
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,19 @@ def wait_seconds(raw: str | None) -> float | None:
             f"Invalid parameters: wait {problem}.", problems=[{"parameter": "wait", "problem": problem}]
         )
     return seconds
+
+
+_PREFER_WAIT = re.compile(r"(?:^|[\s,;])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def preferred_wait(raw: str | None) -> float | None:
+    """`Prefer: wait=N` (RFC 7240) on a submission, as seconds capped at 25; None when absent.
+    A preference is a hint, not a command: one that cannot be read is ignored, never refused."""
+    match = _PREFER_WAIT.search(raw or "")
+    if match is None:
+        return None
+    seconds = min(float(match.group(1)), MAX_WAIT_SECONDS)
+    return seconds if seconds > 0 else None
 
 
 def last_event_id(raw: str | None) -> int | None:

@@ -13,7 +13,9 @@ from trustcard.api.task_stream import (
     LAST_EVENT_ID_HEADER,
     STREAM_HEADERS,
     TaskStream,
+    has_ended,
     last_event_id,
+    preferred_wait,
     wait_for_end,
     wait_seconds,
 )
@@ -28,6 +30,7 @@ bp.before_request(limit_submissions)
 bp.after_request(add_rate_limit_headers)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+PREFER_HEADER = "Prefer"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
@@ -56,6 +59,12 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
         headers["Idempotent-Replayed"] = "true"
     else:
         g.submission_counted = True  # in the enqueue transaction (trustcard.api.metrics)
+    wait = preferred_wait(request.headers.get(PREFER_HEADER))
+    if wait is not None:  # submit and learn the end in one round trip; old clients never ask
+        headers["Preference-Applied"] = f"wait={wait:g}"
+        ended = wait_for_end(_service(), _event_hub(), task.task_id, wait)
+        if has_ended(ended):
+            return jsonify(ended.to_dict()), 200, headers
     return jsonify(body), 202, headers
 
 
