@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from tests.integration.conftest import Stack, WebProcess, wait_until
@@ -174,3 +176,29 @@ def test_events_heartbeat_seconds_sets_the_comment_heartbeat(
     gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
     assert all(0.7 < gap < 1.5 for gap in gaps), gaps
     assert blocks[-1]["event"] == "end" and blocks[-1]["data"]["status"] == "completed"
+
+
+def test_a_wait_when_redis_goes_away_is_the_json_503_not_a_hang(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess], private_redis: Any
+) -> None:
+    stack = make_stack(private_redis.url)
+    stack.start_worker()
+    web = start_web(stack.env)
+    task_id = submit(web, "/tasks/test/sleep", seconds=30)
+    answers: list[requests.Response] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(requests.get(f"{web.url}/tasks/{task_id}", params={"wait": 20}, timeout=30))
+    )
+    waiting.start()
+    # The web's listener subscribes for the waiting request, which then reads and waits.
+    watcher = redis.Redis.from_url(private_redis.url)
+    wait_until(lambda: watcher.execute_command("PUBSUB", "NUMPAT") == 1, 10, "the web's listener to subscribe")
+    watcher.close()
+    private_redis.stop()
+    stopped = time.monotonic()
+    waiting.join(15)
+    assert answers, "the wait did not answer"
+    assert time.monotonic() - stopped < 3
+    response = answers[0]
+    assert response.status_code == 503 and response.json()["error"] == "queue_unavailable", response.text
+    assert response.headers["Retry-After"]
