@@ -265,6 +265,11 @@ class Streams:
         with self._lock:
             return len(self.buffers)
 
+    def unstarted(self, count: int) -> list[bytes]:
+        """What some streams that never sent their first event answered instead."""
+        with self._lock:
+            return [buffer[:300] for sock, buffer in self.buffers.items() if sock not in self.first_event][:count]
+
     def _read(self) -> None:
         while not self._stop.is_set():
             with self._lock:
@@ -331,9 +336,7 @@ def run(args: argparse.Namespace) -> int:
         streams.open(waiting, timeout=max(10.0, args.timeout - (time.monotonic() - started) - 60))
         opened_in = time.monotonic() - opening
         first_events = len(streams.first_event)
-        with streams._lock:
-            stuck = [buffer[:300] for sock, buffer in streams.buffers.items() if sock not in streams.first_event]
-        for sample in stuck[:3]:
+        for sample in streams.unstarted(3):
             print("  a stream without its first event:", sample)
         beats_before = streams.heartbeats
         loaded = measure(client, submitters, busy, args.samples, args.seconds)
@@ -387,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=1000, help="event streams to hold open (1000)")
-    parser.add_argument("--samples", type=int, default=500, help="at least this many calls of each kind per phase (500)")
+    parser.add_argument("--samples", type=int, default=500,
+                        help="at least this many calls of each kind per phase (500)")
     parser.add_argument("--seconds", type=float, default=16,
                         help="each phase measures for at least this long (16: one heartbeat of every stream)")
     parser.add_argument("--max-ratio", type=float, default=2.0,

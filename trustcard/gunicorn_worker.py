@@ -63,7 +63,8 @@ class JSONRefusals:
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         recorder = _Recorder()
-        super().handle_error(req, recorder, addr, exc)  # type: ignore[misc]  # gunicorn's status, log lines and access log
+        # gunicorn's status, log lines and access log, written into the recorder
+        super().handle_error(req, recorder, addr, exc)  # type: ignore[misc]
         status, reason = recorder.status(exc)
         code = REFUSAL_CODES.get(status, "bad_request" if status < 500 else "internal_error")
         error = {"error": code, "message": refusal_message(exc, status, self.cfg)}

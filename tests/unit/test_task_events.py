@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 from rq.job import Job
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from trustcard import task_events
@@ -71,20 +72,13 @@ def write_progress(fake_redis: fakeredis.FakeRedis, task_id: str, percent: int, 
 
 
 def finish(fake_redis: fakeredis.FakeRedis, task_id: str, result: Any = 3) -> None:
-    """End the task as a worker's success path does, with the end's commands."""
+    """End the task as a worker's success path does: its status and result recorded, then
+    the end's commands (here only their PUBLISH matters)."""
     job = job_of(fake_redis, task_id)
-    queue = Queue(job.origin, connection=fake_redis, serializer=JSONSerializer)
-    with fake_redis.pipeline() as pipeline:
-        job.set_status("started", pipeline=pipeline)
-        pipeline.execute()
-    job._result = result
-    from rq.results import Result
-
     with fake_redis.pipeline() as pipeline:
         job.set_status("finished", pipeline=pipeline)
         Result.create(job, Result.Type.SUCCESSFUL, ttl=60, return_value=result, pipeline=pipeline)
         pipeline.execute()
-    assert queue is not None
     for command in job_end_commands(job, TaskOutcome.COMPLETED, timed=False):
         if command[0] == "PUBLISH":
             fake_redis.execute_command(*command)
@@ -255,7 +249,9 @@ def parse(raw: bytes) -> list[dict[str, Any]]:
     return blocks
 
 
-def test_stream_of_an_ended_task_is_its_state_then_its_end(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
+def test_stream_of_an_ended_task_is_its_state_then_its_end(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
     task_id = submit(client)
     write_progress(fake_redis, task_id, 50, "half")
     finish(fake_redis, task_id)
