@@ -30,6 +30,7 @@ SCRIPTS = ("scripts/run", "scripts/test", ".ci/run")
 OTHER_VARIABLES = {
     "FLASK_DEBUG": "trustcard/config.py refuses it in production",
     "WEB_THREADS": "gunicorn.conf.py",
+    "WEB_CONNECTIONS": "gunicorn.conf.py",
     "WORKERS": "scripts/run",
     "EMBEDDED_REDIS_PORT": "scripts/run",
     "TRUSTCARD_URL": "the trustcard command line",
