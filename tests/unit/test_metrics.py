@@ -276,7 +276,7 @@ def test_a_broken_counter_never_changes_the_answer(client: FlaskClient, fake_red
         assert response.status_code == 422
 
 
-def test_a_rate_limited_submission_is_counted_in_the_limits_own_script(
+def test_a_rate_limited_submission_is_counted_in_the_limits_own_script_under_burst_and_per_minute_settings(
     settings: Settings, fake_redis: fakeredis.FakeRedis
 ) -> None:
     env = {"RATE_LIMIT_BURST": "1", "RATE_LIMIT_PER_MINUTE": "1", "DATABASE_URL": settings.database_url}
