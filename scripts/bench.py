@@ -69,7 +69,7 @@ log = logging.getLogger("bench")
 
 QUEUE = "analysis"
 RQ_DB, CELERY_BROKER_DB, CELERY_BACKEND_DB = 0, 1, 2
-ADD_FUNCTION = "workers.test_jobs.add"
+ADD_FUNCTION = "workers.diagnostics.add"
 ENQUEUE_OPTIONS: dict[str, Any] = {
     "timeout": 240, "result_ttl": 86_400, "failure_ttl": 604_800,
     "meta": {"job_type": "test.add", "hard_timeout": 300},

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import Settings, load_settings
 
 

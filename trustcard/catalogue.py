@@ -45,25 +45,25 @@ class JobType:
 JOB_TYPES: tuple[JobType, ...] = (
     JobType(
         name="test.add",
-        function="workers.test_jobs.add",
+        function="workers.diagnostics.add",
         params=AddParams,
         summary="Add two numbers; the result is their sum.",
     ),
     JobType(
         name="test.sleep",
-        function="workers.test_jobs.sleep",
+        function="workers.diagnostics.sleep",
         params=SleepParams,
         summary='Sleep, then answer "Slept for N seconds".',
     ),
     JobType(
         name="test.long",
-        function="workers.test_jobs.long_task",
+        function="workers.diagnostics.long_task",
         params=NoParams,
         summary="Run 10 s in the five analysis stages, reporting progress.",
     ),
     JobType(
         name="test.fail",
-        function="workers.test_jobs.fail",
+        function="workers.diagnostics.fail",
         params=FailParams,
         summary="Raise an error with the given message, after one retry a second later.",
         retries=1,

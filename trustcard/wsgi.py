@@ -16,7 +16,7 @@ from trustcard.exceptions import ConfigError
 load_dotenv(override=False)
 
 try:
-    from trustcard.app import create_app
+    from trustcard.api.app import create_app
     from trustcard.config import load_settings
     from trustcard.logs import configure_logging
 

@@ -21,7 +21,7 @@ from trustcard.callbacks import SIGNATURE_HEADER, CallbackState, CallbackStatus,
 from trustcard.catalogue import WEBHOOK_DELIVERY
 from trustcard.config import load_settings
 from trustcard.exceptions import TaskNotFound
-from trustcard.tasks import TaskService
+from trustcard.task_service import TaskService
 from workers.webhook_sender import post
 
 log = logging.getLogger(__name__)

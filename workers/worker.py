@@ -14,7 +14,7 @@ Procfile). On top of `rq.Worker` it:
   the current one run for `WORKER_SHUTDOWN_GRACE` seconds, then kills it and puts it
   back on its queue (a second SIGTERM does that at once);
 - heartbeats often enough that a worker killed outright is noticed within about a
-  minute (see `trustcard.tasks.TaskService._settle_if_abandoned`);
+  minute (see `trustcard.task_service.TaskService._settle_if_abandoned`);
 - logs one line per job received, succeeded (with duration and result) or failed;
 - counts each end of a task once for `/metrics` (`trustcard.metrics`), inside the Redis
   transaction that records it; never a retry, never a job handed back at shutdown.

@@ -33,7 +33,7 @@ from flask.testing import FlaskClient
 from rq.worker import Worker
 
 from tests.migration_helpers import upgrade
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import Settings, load_settings
 from trustcard.connections import redis_client
 

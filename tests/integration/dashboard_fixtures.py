@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.integration.conftest import PrivateRedis, Stack, free_port
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
 DASHBOARD_LOGIN = ("admin", "dash-pass")

@@ -66,7 +66,7 @@ def test_dashboard_shows_the_queue_and_a_finished_job(served: tuple[Stack, WebPr
     queues = chromium(logged_in(web, "/rq/0/view/queues"), "--dump-dom")
     assert finished_jobs in queues  # the row of the analysis queue, drawn by the page's script from queues.json
     jobs = chromium(logged_in(web, finished_jobs), "--dump-dom")
-    assert task_id in jobs and "workers.test_jobs.add(x=7, y=8)" in jobs
+    assert task_id in jobs and "workers.diagnostics.add(x=7, y=8)" in jobs
 
     shot = decode_png(screenshot(logged_in(web, finished_jobs), "dashboard.png", tmp_path))
     assert sum(map(is_bootstrap_blue, shot.pixels())) > 100, "the screenshot does not show the dashboard"

@@ -51,7 +51,7 @@ def test_workers_view_lists_the_running_json_job(busy: tuple[Stack, dict[str, st
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     [worker] = response.get_json()["workers"]
     assert worker["current_job"]["job_id"] == tasks["started"]
-    assert worker["current_job"]["call_string"] == f"workers.test_jobs.sleep(seconds={RUNNING_SECONDS})"
+    assert worker["current_job"]["call_string"] == f"workers.diagnostics.sleep(seconds={RUNNING_SECONDS})"
     assert worker["queues"] == ["webhooks", "analysis"]
     page = stack.client.get("/rq/0/view/workers", auth=LOGIN)
     assert page.status_code == 200
@@ -84,7 +84,7 @@ def test_every_page_and_data_view_reads_jobs_in_every_state(busy: tuple[Stack, d
         assert jobs_in(stack, registry) == []
 
     finished = get(f"/rq/0/data/job/{tasks['finished']}.json", auth=LOGIN).get_json()
-    assert finished["result"] == 3 and finished["description"] == "workers.test_jobs.add(x=1, y=2)"
+    assert finished["result"] == 3 and finished["description"] == "workers.diagnostics.add(x=1, y=2)"
     failed = get(f"/rq/0/data/job/{tasks['failed']}.json", auth=LOGIN).get_json()
     assert "JobTimeoutException" in failed["exc_info"]
     assert stack.task(tasks["started"])["status"] == "started"

@@ -29,7 +29,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
 pytestmark = pytest.mark.integration
@@ -385,9 +385,9 @@ def test_sigterm_hands_the_running_job_back_and_the_worker_exits(tmp_path: Path)
 def test_a_dependent_job_runs_once_its_dependency_succeeds(worker: subprocess.Popen[bytes], redis: Redis) -> None:
     """A success recorded on the fast path still releases the jobs that wait on it."""
     queue = Queue("analysis", connection=redis, serializer=JSONSerializer)
-    first = queue.enqueue_call("workers.test_jobs.sleep", kwargs={"seconds": 0.5}, meta={"job_type": "test.sleep"})
+    first = queue.enqueue_call("workers.diagnostics.sleep", kwargs={"seconds": 0.5}, meta={"job_type": "test.sleep"})
     second = queue.enqueue_call(
-        "workers.test_jobs.add", kwargs={"x": 2, "y": 3}, depends_on=first, meta={"job_type": "test.add"}
+        "workers.diagnostics.add", kwargs={"x": 2, "y": 3}, depends_on=first, meta={"job_type": "test.add"}
     )
     assert second.get_status() == "deferred"
     result = second.latest_result(timeout=int(DEADLINE))

@@ -18,7 +18,7 @@ from redis import Redis
 
 from tests.fuzzing import EXCLUDED_CHECKS, StatusLog, check_submission, config, hypothesis_settings, workflow_machine
 from tests.integration.conftest import REDIS_URL
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Stack, WebProcess, wait_until
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 
 pytestmark = pytest.mark.integration
 

@@ -144,10 +144,10 @@ def test_cancelling_an_ended_task_is_409_and_unknown_is_404(stack: Stack) -> Non
 def test_a_raising_job_fails_with_one_line_after_its_retry(stack: Stack) -> None:
     task_id = stack.submit("/tasks/test/fail", json={"message": "bad data in post"})
     task = stack.wait_for(task_id, ("failed",), timeout=30)
-    assert task["error"] == "workers.test_jobs.DeliberateFailure: bad data in post"
+    assert task["error"] == "workers.diagnostics.DeliberateFailure: bad data in post"
     log = stack.workers[0].log()
     assert log.count(f"task {task_id} received") == 2  # the catalogue gives it one retry
-    assert f"task {task_id} failed: workers.test_jobs.DeliberateFailure: bad data in post" in log
+    assert f"task {task_id} failed: workers.diagnostics.DeliberateFailure: bad data in post" in log
     assert "Traceback" in log and "DeliberateFailure: bad data in post" in log
 
     assert stack.client.post(f"/tasks/{task_id}/retry").status_code == 202
@@ -170,7 +170,7 @@ def test_workers_refuse_what_the_catalogue_does_not_name(stack: Stack) -> None:
 
 def test_a_pickled_job_is_not_run(stack: Stack) -> None:
     connection = stack.app.extensions["trustcard.redis"]
-    pickled = Queue("analysis", connection=connection).enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 2})
+    pickled = Queue("analysis", connection=connection).enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 2})
     assert stack.wait_for(stack.submit("/tasks/test/add?x=1&y=3"))["result"] == 4  # the worker lives on
     assert stack.workers[0].process.poll() is None
     answer = stack.client.get(f"/tasks/{pickled.id}")

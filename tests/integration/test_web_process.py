@@ -184,6 +184,6 @@ def test_log_format_json_setting_makes_every_web_line_a_json_object(
         json.loads(line)  # every line, gunicorn's start-up lines included
     app_entry = next(entry for entry in entries if entry["message"] == f"task {task_id} received: test.add {{'x': 1, 'y': 2}}")
     assert (app_entry["task_id"], app_entry["request_id"], app_entry["client"]) == (task_id, REQUEST_ID, "127.0.0.1")
-    assert app_entry["level"] == "INFO" and app_entry["logger"] == "trustcard.tasks"
+    assert app_entry["level"] == "INFO" and app_entry["logger"] == "trustcard.task_service"
     access_entry = next(entry for entry in entries if entry["logger"] == "gunicorn.access")
     assert '"POST /tasks/test/add?x=1&y=2 HTTP/1.1" 202' in access_entry["message"]

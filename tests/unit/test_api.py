@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import Settings, load_settings
 
 
@@ -32,7 +32,7 @@ def test_submit_answers_202_with_location_and_stores_json(client: FlaskClient, f
     raw = fake_redis.hget(f"rq:job:{body['task_id']}", "data")
     assert raw is not None
     function, _, args, kwargs = json.loads(zlib.decompress(raw))  # JSON, not pickle
-    assert function == "workers.test_jobs.add" and kwargs == {"x": 7, "y": 8}
+    assert function == "workers.diagnostics.add" and kwargs == {"x": 7, "y": 8}
 
 
 def test_limits_come_from_settings(client: FlaskClient, fake_redis: fakeredis.FakeRedis, settings: Settings) -> None:

@@ -20,7 +20,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.callback_urls import CallbackURLRefused, address_problem, check_callback_url
 from trustcard.callbacks import CALLBACK_FIELD, CommandRecorder, delivery_commands, signature
 from trustcard.catalogue import WEBHOOK_DELIVERY
@@ -270,7 +270,7 @@ def delivery_jobs(connection: fakeredis.FakeRedis) -> list[Job]:
 
 def test_no_callback_no_delivery_commands(fake_redis: fakeredis.FakeRedis) -> None:
     job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue_call(
-        "workers.test_jobs.add", kwargs={"x": 1, "y": 2}, meta={"job_type": "test.add"}
+        "workers.diagnostics.add", kwargs={"x": 1, "y": 2}, meta={"job_type": "test.add"}
     )
     assert delivery_commands(job) == []
     assert not any("webhooks" in str(command) for command in store.job_end_commands(job, TaskOutcome.COMPLETED))

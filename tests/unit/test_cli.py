@@ -27,7 +27,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from werkzeug.serving import make_server
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.catalogue import JOB_TYPES, QUEUE_NAMES
 from trustcard.cli import main as cli_main
 from trustcard.cli.client import ApiError, ConnectionFailed, Event, NoEventStream, parse_event_stream

@@ -15,7 +15,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from trustcard import logs
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 from trustcard.exceptions import ConfigError
 
@@ -241,13 +241,13 @@ def test_the_web_log_line_of_a_submission_names_its_request_and_client(
 
 def test_log_format_json_setting_writes_one_object_per_line() -> None:
     formatter = logs.formatter_for(load_settings({"LOG_FORMAT": "json"}).log_format)
-    record = logging.LogRecord("trustcard.tasks", logging.INFO, __file__, 1, "task %s received", ("t-1",), None)
+    record = logging.LogRecord("trustcard.task_service", logging.INFO, __file__, 1, "task %s received", ("t-1",), None)
     with logs.bound(task_id="t-1", request_id="r" * 20, client="mobile"):
         logs.ContextFilter().filter(record)
     line = formatter.format(record)
     assert "\n" not in line
     entry = json.loads(line)
-    assert entry["message"] == "task t-1 received" and entry["level"] == "INFO" and entry["logger"] == "trustcard.tasks"
+    assert entry["message"] == "task t-1 received" and entry["level"] == "INFO" and entry["logger"] == "trustcard.task_service"
     assert (entry["task_id"], entry["request_id"], entry["client"]) == ("t-1", "r" * 20, "mobile")
     assert entry["time"].endswith("+00:00")
 

@@ -17,7 +17,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
 PASSWORD = "s3cret"
@@ -132,7 +132,7 @@ def test_with_the_login_it_reads_our_redis(tmp_path: Path, fake_redis: fakeredis
     assert queues.status_code == 200
     assert [(queue["name"], queue["count"]) for queue in queues.get_json()["queues"]] == [("analysis", 1)]
     job = client.get(f"/rq/0/data/job/{task_id}.json", auth=LOGIN).get_json()
-    assert job["description"] == "workers.test_jobs.add(x=1, y=2)" and job["status"] == "queued"
+    assert job["description"] == "workers.diagnostics.add(x=1, y=2)" and job["status"] == "queued"
     assert client.get(f"/rq/0/view/job/{task_id}", auth=LOGIN).status_code == 200
 
 
@@ -152,7 +152,7 @@ def test_a_worker_running_a_json_job_is_listed(tmp_path: Path, fake_redis: faker
     [listed] = response.get_json()["workers"]
     assert listed["name"] == "busy-worker"
     assert listed["current_job"]["job_id"] == task_id
-    assert listed["current_job"]["call_string"] == "workers.test_jobs.add(x=3, y=4)"
+    assert listed["current_job"]["call_string"] == "workers.diagnostics.add(x=3, y=4)"
     assert client.get("/rq/0/view/workers", auth=LOGIN).status_code == 200
 
 

@@ -36,8 +36,8 @@ def taken_off_the_queue(queue: Queue, job_id: str) -> None:
 
 
 def test_a_job_taken_but_not_started_goes_back_to_the_front(worker: FastWorker, queue: Queue) -> None:
-    waiting = queue.enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 1})
-    taken = queue.enqueue_call("workers.test_jobs.add", kwargs={"x": 2, "y": 2})
+    waiting = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    taken = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 2, "y": 2})
     taken_off_the_queue(queue, taken.id)
     worker._put_back(taken.id)
     assert queue.get_job_ids() == [taken.id, waiting.id]
@@ -46,7 +46,7 @@ def test_a_job_taken_but_not_started_goes_back_to_the_front(worker: FastWorker, 
 
 
 def test_a_job_that_keeps_killing_its_job_process_is_failed_with_the_reason(worker: FastWorker, queue: Queue) -> None:
-    poison = queue.enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 1})
+    poison = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     for _ in range(MAX_DEATHS_BEFORE_START - 1):
         taken_off_the_queue(queue, poison.id)
         worker._put_back(poison.id)

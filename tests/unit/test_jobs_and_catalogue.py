@@ -12,7 +12,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from trustcard.catalogue import ALL_JOB_TYPES, BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, find_by_route
-from workers import analysis, test_jobs
+from workers import analysis, diagnostics
 from workers.job import CatalogueJob, JobNotCatalogued
 from workers.stages import STAGE_NAMES
 
@@ -43,13 +43,13 @@ def test_internal_job_types_have_no_route_and_are_not_listed_for_clients() -> No
 
 
 def test_add_and_sleep_answer_like_the_old_service() -> None:
-    assert test_jobs.add(7, 8) == 15
-    assert test_jobs.sleep(0) == "Slept for 0 seconds"
+    assert diagnostics.add(7, 8) == 15
+    assert diagnostics.sleep(0) == "Slept for 0 seconds"
 
 
 def test_long_task_walks_the_five_stages(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(test_jobs, "LONG_TASK_STAGE_SECONDS", 0)
-    assert test_jobs.long_task() == {"status": "completed", "progress": list(STAGE_NAMES), "percent": 100}
+    monkeypatch.setattr(diagnostics, "LONG_TASK_STAGE_SECONDS", 0)
+    assert diagnostics.long_task() == {"status": "completed", "progress": list(STAGE_NAMES), "percent": 100}
 
 
 def test_long_task_stages_are_the_contract() -> None:
@@ -77,7 +77,7 @@ def test_catalogue_job_refuses_other_functions(fake_redis: object) -> None:
 
 def test_catalogue_job_runs_catalogued_functions(fake_redis: object) -> None:
     job = CatalogueJob.create(
-        "workers.test_jobs.add", kwargs={"x": 2, "y": 3}, connection=fake_redis, serializer=JSONSerializer  # type: ignore[arg-type]
+        "workers.diagnostics.add", kwargs={"x": 2, "y": 3}, connection=fake_redis, serializer=JSONSerializer  # type: ignore[arg-type]
     )
     assert job.perform() == 5
     assert isinstance(job, Job)
@@ -85,7 +85,7 @@ def test_catalogue_job_runs_catalogued_functions(fake_redis: object) -> None:
 
 def test_worker_code_never_imports_flask() -> None:
     code = (
-        "import sys, workers.worker, workers.analysis, workers.test_jobs, trustcard.catalogue;"
+        "import sys, workers.worker, workers.analysis, workers.diagnostics, trustcard.catalogue;"
         "sys.exit(1 if 'flask' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT).returncode == 0

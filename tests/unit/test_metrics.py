@@ -23,7 +23,7 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import Settings, load_settings
 from trustcard.metrics import store
 from trustcard.metrics.collector import read_snapshot
@@ -79,7 +79,7 @@ def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[TrustCardW
 
 
 def enqueue(queue: Queue, job_type: str = "test.add", **kwargs: Any) -> Job:
-    function = {"test.add": "workers.test_jobs.add", "test.fail": "workers.test_jobs.fail"}[job_type]
+    function = {"test.add": "workers.diagnostics.add", "test.fail": "workers.diagnostics.fail"}[job_type]
     params = {"x": 1, "y": 2} if job_type == "test.add" else {"message": "boom"}
     return queue.enqueue_call(function, kwargs=params, meta={"job_type": job_type}, **kwargs)
 
@@ -127,7 +127,7 @@ def test_bucket_bounds_hold_their_own_value_and_the_last_is_inf() -> None:
 def test_a_job_naming_no_catalogued_type_is_unknown(queue: Queue) -> None:
     job = queue.enqueue_call("os.system", args=("true",))
     assert job_type_name(job) == "unknown"
-    by_function = queue.enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 1})
+    by_function = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     assert job_type_name(by_function) == "test.add"
 
 
@@ -476,7 +476,7 @@ def test_the_apis_settlement_of_an_abandoned_task_counts_it(
 def test_an_unreadable_job_refused_by_the_worker_counts_failed_as_unknown(
     worker: TrustCardWorker, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    pickled = Queue("analysis", connection=fake_redis).enqueue_call("workers.test_jobs.add", kwargs={"x": 1, "y": 1})
+    pickled = Queue("analysis", connection=fake_redis).enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     job = Job(pickled.id, connection=fake_redis, serializer=JSONSerializer)
     job.refresh()
     queue = Queue("analysis", connection=fake_redis, serializer=JSONSerializer)

@@ -26,11 +26,11 @@ from werkzeug.routing import Rule
 
 from trustcard.api import schemas
 from trustcard.api.auth import rate_limit_key
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.catalogue import JOB_TYPES
 from trustcard.config import load_settings
 from trustcard.gunicorn_worker import REFUSAL_CODES
-from trustcard.tasks import TaskView
+from trustcard.task_service import TaskView
 
 API_KEY = "unit-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

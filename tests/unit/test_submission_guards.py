@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 from trustcard.exceptions import ConfigError
 

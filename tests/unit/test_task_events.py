@@ -26,7 +26,7 @@ from rq.serializers import JSONSerializer
 
 from trustcard import task_events
 from trustcard.api.event_hub import EventHub
-from trustcard.app import create_app
+from trustcard.api.app import create_app
 from trustcard.config import load_settings
 from trustcard.exceptions import QueueUnavailable
 from trustcard.metrics.outcomes import TaskOutcome
@@ -95,7 +95,7 @@ def test_channel_names_round_trip() -> None:
 
 def test_every_end_carries_the_publish_of_its_task(fake_redis: fakeredis.FakeRedis) -> None:
     job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue(
-        "workers.test_jobs.add", 1, 2, meta={"job_type": "test.add"}
+        "workers.diagnostics.add", 1, 2, meta={"job_type": "test.add"}
     )
     for outcome in TaskOutcome:
         commands = job_end_commands(job, outcome, timed=False)
@@ -116,7 +116,7 @@ def test_progress_history_is_bounded_and_keeps_counting() -> None:
 def test_report_progress_writes_the_meta_and_publishes(fake_redis: fakeredis.FakeRedis, monkeypatch: Any) -> None:
     from workers import progress
 
-    job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue("workers.test_jobs.long_task")
+    job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue("workers.diagnostics.long_task")
     monkeypatch.setattr(progress, "get_current_job", lambda: job)
     pubsub = fake_redis.pubsub()
     pubsub.subscribe(task_events.channel(job.id))

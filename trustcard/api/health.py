@@ -12,7 +12,7 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/health")
 def health() -> tuple[Response, int]:
-    service = current_app.extensions["trustcard.tasks"]
+    service = current_app.extensions["trustcard.task_service"]
     body: dict[str, object] = {"status": "healthy"}
     database_problem = ping_database(current_app.extensions["trustcard.engine"])
     body["database"] = "connected" if database_problem is None else "unreachable"

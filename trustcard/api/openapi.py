@@ -48,11 +48,11 @@ from pydantic.json_schema import models_json_schema
 from trustcard.api import schemas
 from trustcard.api.auth import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from trustcard.api.task_stream import LAST_EVENT_ID_HEADER, MAX_WAIT_SECONDS
-from trustcard.api.tasks import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_LENGTH
+from trustcard.api.task_routes import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY_LENGTH
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH
 from trustcard.catalogue import JOB_TYPES, JobType
 from trustcard.config import Settings
-from trustcard.tasks import TASK_ID_PATTERN
+from trustcard.task_service import TASK_ID_PATTERN
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Response models of the HTTP API, in pydantic, so the OpenAPI document's response
 schemas come from models rather than hand-written JSON.
 
-The views build plain dicts (from `trustcard.tasks.TaskView` and friends); these models
+The views build plain dicts (from `trustcard.task_service.TaskView` and friends); these models
 describe those dicts. A unit test keeps them honest: the task model has exactly the
 fields of `TaskView`, and real answers validate against the models. The models allow
 extra keys, as a client should: adding a key to an answer is not a breaking change.
@@ -41,7 +41,7 @@ class Callback(BaseModel):
 
 
 class Task(BaseModel):
-    """One task as the API reports it: the fields of `trustcard.tasks.TaskView`."""
+    """One task as the API reports it: the fields of `trustcard.task_service.TaskView`."""
 
     model_config = ConfigDict(extra="allow")
 

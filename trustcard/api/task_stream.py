@@ -27,7 +27,7 @@ from trustcard.status import TaskStatus
 
 if TYPE_CHECKING:
     from trustcard.api.event_hub import EventHub, Waiter
-    from trustcard.tasks import TaskService, TaskView
+    from trustcard.task_service import TaskService, TaskView
 
 log = logging.getLogger(__name__)
 

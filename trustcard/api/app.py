@@ -20,12 +20,12 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     `settings` defaults to the process environment; tests pass their own, and may pass
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
-    from trustcard import dashboard, rq_speedups
-    from trustcard.api import auth, errors, event_hub, health, metrics, openapi, requests, tasks
+    from trustcard import rq_speedups
+    from trustcard.api import auth, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
-    from trustcard.tasks import TaskService
+    from trustcard.task_service import TaskService
 
     settings = settings or load_settings()
     rq_speedups.install()
@@ -42,14 +42,14 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     redis = redis if redis is not None else web_redis(settings)
     app.extensions["trustcard.redis"] = redis
     app.extensions["trustcard.engine"] = make_engine(settings.database_url)
-    app.extensions["trustcard.tasks"] = TaskService(redis, settings)
+    app.extensions["trustcard.task_service"] = TaskService(redis, settings)
     app.extensions["trustcard.ratelimiter"] = RateLimiter(redis, settings)
     event_hub.init_app(app, settings, given_redis)
 
     auth.init_app(app, settings)
-    app.before_request(requests.refuse_oversized_body)
+    app.before_request(request_body.refuse_oversized_body)
     errors.init_app(app)
-    app.register_blueprint(tasks.bp)
+    app.register_blueprint(task_routes.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     metrics.init_app(app)

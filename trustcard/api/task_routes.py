@@ -8,7 +8,7 @@ from trustcard.api.auth import client_identity, request_id, require_api_key
 from trustcard.api.event_hub import EventHub
 from trustcard.api.job_routes import post_only_at_job_routes
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
-from trustcard.api.requests import task_parameters
+from trustcard.api.request_body import task_parameters
 from trustcard.api.task_stream import (
     LAST_EVENT_ID_HEADER,
     STREAM_HEADERS,
@@ -22,7 +22,7 @@ from trustcard.api.task_stream import (
 from trustcard.callback_urls import CALLBACK_HEADER
 from trustcard.catalogue import find_by_route
 from trustcard.exceptions import BadRequest, UnknownJobType
-from trustcard.tasks import TaskService
+from trustcard.task_service import TaskService
 
 bp = Blueprint("tasks", __name__, url_prefix="/tasks")
 bp.before_request(require_api_key)
@@ -35,7 +35,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 
 
 def _service() -> TaskService:
-    service: TaskService = current_app.extensions["trustcard.tasks"]
+    service: TaskService = current_app.extensions["trustcard.task_service"]
     return service
 
 
