@@ -30,7 +30,7 @@ from trustcard.api.app import create_app
 from trustcard.catalogue import JOB_TYPES
 from trustcard.config import load_settings
 from trustcard.gunicorn_worker import REFUSAL_CODES
-from trustcard.task_service import TaskView
+from trustcard.task_view import TaskView
 
 API_KEY = "unit-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

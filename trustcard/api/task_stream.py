@@ -27,7 +27,8 @@ from trustcard.status import TaskStatus
 
 if TYPE_CHECKING:
     from trustcard.api.event_hub import EventHub, Waiter
-    from trustcard.task_service import TaskService, TaskView
+    from trustcard.task_service import TaskService
+    from trustcard.task_view import TaskView
 
 log = logging.getLogger(__name__)
 
