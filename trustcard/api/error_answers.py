@@ -62,15 +62,16 @@ def error_model(error: type[TrustCardError]) -> type[BaseModel]:
     )
 
 
-def _subclasses(base: type[TrustCardError]) -> Iterator[type[TrustCardError]]:
+def exception_classes(base: type[TrustCardError] = TrustCardError) -> Iterator[type[TrustCardError]]:
+    """Every subclass of `base`, at any depth."""
     for subclass in base.__subclasses__():
         yield subclass
-        yield from _subclasses(subclass)
+        yield from exception_classes(subclass)
 
 
 def error_models() -> list[type[BaseModel]]:
     """Every error answer's own model, one per exception class with details."""
-    models = (error_model(error) for error in _subclasses(TrustCardError))
+    models = (error_model(error) for error in exception_classes())
     return list(dict.fromkeys(model for model in models if model is not schemas.Error))
 
 
