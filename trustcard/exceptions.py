@@ -166,7 +166,7 @@ class QueueUnavailable(ServiceUnavailable):
 
 
 class QueueFull(ServiceUnavailable):
-    """The queue holds as many tasks as it may (MAX_QUEUE_DEPTH)."""
+    """The queue holds as many tasks as it may: MAX_QUEUE_DEPTH waiting."""
 
     code = "queue_full"
     retry_after_seconds = 30

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from trustcard.catalogue import JobType
+
 if TYPE_CHECKING:
-    from trustcard.catalogue import JobType
     from trustcard.config import Settings
     from trustcard.exceptions import TrustCardError
 
@@ -120,7 +121,7 @@ class Operation:
         return [item if isinstance(item, Raises) else Raises(item) for item in self.raises]
 
 
-PerJobType = Callable[["JobType"], Operation]
+PerJobType = Callable[[JobType], Operation]
 """A declaration for a rule that serves every catalogued job type (`/tasks/<path:job_route>`):
 the document has one path per job type, each with that type's own operation."""
 
