@@ -17,6 +17,7 @@ from trustcard.config import (
     PROCESS_VARIABLES,
     SETTINGS,
     Settings,
+    Variable,
     load_settings,
     load_settings_or_exit,
     read_variables_or_exit,
@@ -186,7 +187,7 @@ def test_each_variable_is_declared_once() -> None:
 
 
 @pytest.mark.parametrize("variable", [*SETTINGS, *PROCESS_VARIABLES], ids=lambda variable: variable.name)
-def test_each_declared_default_is_what_its_example_value_reads_as(variable) -> None:  # type: ignore[no-untyped-def]
+def test_each_declared_default_is_what_its_example_value_reads_as(variable: Variable) -> None:
     example = variable.kind.example
     if example:
         assert variable.kind.read(variable.name, example) == variable.kind.default
