@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.conftest import PrivateRedis, Stack, wait_until
+from tests.support.redis_server import PrivateRedis
+from tests.support.stack import Stack
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
 
-from tests.integration.conftest import Stack, wait_until
+from tests.support.stack import Stack
+from tests.support.waiting import wait_until
 from workers.stages import STAGE_NAMES
 
 pytestmark = pytest.mark.integration

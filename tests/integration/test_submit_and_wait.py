@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Stack, WebProcess
+from tests.support.stack import Stack, WebProcess
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ import pytest
 import redis
 import requests
 
-from tests.integration.conftest import Stack, WebProcess, wait_until
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import BIN, ROOT, Stack, WebProcess, procfile_command, wait_until
+from tests.support.paths import ROOT
+from tests.support.procfile import procfile_command
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +63,6 @@ def test_oversized_body_gets_413_json_before_it_is_read(
 
 def test_a_bad_setting_stops_the_web_with_one_sentence() -> None:
     command = procfile_command("web")
-    command[0] = str(BIN / command[0])
     result = subprocess.run(
         command, cwd=ROOT, env={**os.environ, "JOB_TIMEOUT": "soon", "PORT": "0"}, capture_output=True, timeout=60
     )
