@@ -143,26 +143,39 @@ def make_stack(
 
 
 @pytest.fixture(scope="module")
-def shared_stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One stack with one worker for the tests of a module that neither stop its parts nor
-    change its settings, on a redis-server of its own (never emptied under it)."""
-    directory = tmp_path_factory.mktemp("shared-stack")
-    with PrivateRedis.started(directory / "redis") as server:
-        stack = Stack.build(_stack_env(server.url, database_url, {}), directory, [])
-        try:
+def shared_stacks(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
+    """Stacks with one worker each, shared by the tests of a module that neither stop their
+    parts nor change their settings: one per set of settings (env overrides), each on a
+    redis-server of its own, which no test empties under it."""
+    built: dict[tuple[tuple[str, str], ...], Stack] = {}
+    servers: list[PrivateRedis] = []
+
+    def get(**env: str) -> Stack:
+        key = tuple(sorted(env.items()))
+        if key not in built:
+            directory = tmp_path_factory.mktemp("shared-stack")
+            server = PrivateRedis.started(directory / "redis")
+            servers.append(server)
+            stack = Stack.build(_stack_env(server.url, database_url, env), directory, [])
+            built[key] = stack
             stack.start_worker()
-            yield stack
+        return built[key]
+
+    try:
+        yield get
+    finally:
+        try:
+            for stack in built.values():
+                stack.stop()
         finally:
-            stack.stop()
+            for server in servers:
+                server.stop()
 
 
 @pytest.fixture
-def stack(shared_stack: Stack, process_logs: list[Path]) -> Stack:
-    """The module's shared stack, its logs printed if this test fails; it must be idle
-    between tests, so each test starts from a worker with nothing to do."""
-    process_logs.extend(shared_stack.logs)
-    assert shared_stack.client.get("/tasks/").get_json()["count"] == 0, "a test before left a task running"
-    return shared_stack
+def stack(shared_stacks: Callable[..., Stack], process_logs: list[Path]) -> Stack:
+    """The module's shared stack at the default settings, with one worker."""
+    return shared_stacks().for_test(process_logs)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq import Worker
 
 from tests.support.redis_server import PrivateRedis
 from tests.support.stack import Stack
@@ -106,9 +107,13 @@ def test_sigterm_hands_the_running_job_back_within_the_grace_period(make_stack: 
     task_id = stack.submit("/tasks/test/sleep?seconds=20")
     stack.wait_for(task_id, ("started",))
     os.killpg(first.process.pid, signal.SIGTERM)  # a platform signals every process at a deploy
-    first.process.wait(timeout=15)
+    assert first.process.wait(timeout=15) == 0
     assert "handed back to queue analysis" in first.log()
-    assert stack.task(task_id)["status"] == "pending"
+    assert first.log().count("shutdown grace over, handing it back") == 1, first.log()  # once, not once per tick
+    assert stack.task(task_id)["status"] == "pending"  # back on its queue for the next worker
+    connection = stack.app.extensions["trustcard.redis"]
+    assert connection.lrange("rq:queue:analysis", 0, -1) == [task_id.encode()]
+    assert Worker.count(connection=connection) == 0
     stack.start_worker()
     assert stack.wait_for(task_id, ("started",), timeout=15)["worker"]
 

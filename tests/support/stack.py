@@ -118,6 +118,14 @@ class Stack:
         app = create_app(settings)
         return cls(env, settings, app, app.test_client(), log_dir, logs)
 
+    def for_test(self, logs: list[Path]) -> Stack:
+        """This stack, shared, handed to one more test: its logs go with that test's report,
+        and it must be as a test finds a fresh one (its workers up, no task running)."""
+        logs.extend(self.logs)
+        assert all(worker.poll() is None for worker in self.workers), "a test before stopped a shared worker"
+        assert self.client.get("/tasks/").get_json()["count"] == 0, "a test before left a task running"
+        return self
+
     def start_worker(self, wait: bool = True, **extra_env: str) -> WorkerProcess:
         """A worker from the Procfile line on this stack's settings; with `wait`, once rq lists it."""
         log_path = self.log_dir / f"worker-{len(self.logs)}.log"
