@@ -178,6 +178,24 @@ def stack(shared_stacks: Callable[..., Stack], process_logs: list[Path]) -> Stac
     return shared_stacks().for_test(process_logs)
 
 
+@pytest.fixture(scope="module")
+def shared_web(shared_stacks: Callable[..., Stack]) -> Iterator[WebProcess]:
+    """gunicorn from the Procfile's `web:` line on the module's shared stack, for the module."""
+    stack = shared_stacks()
+    web = WebProcess.start_web(stack.env, stack.log_dir)
+    stack.logs.append(web.log_path)
+    try:
+        yield web
+    finally:
+        web.kill()
+
+
+@pytest.fixture
+def web_and_worker(stack: Stack, shared_web: WebProcess) -> tuple[Stack, WebProcess]:
+    """The module's shared stack (one worker) and its web process, for this test."""
+    return stack, shared_web
+
+
 @pytest.fixture
 def start_web(tmp_path: Path, process_logs: list[Path]) -> Iterator[Callable[[dict[str, str]], WebProcess]]:
     """gunicorn from the Procfile's `web:` line with `PORT` and `WEB_CONCURRENCY=1`."""
@@ -191,7 +209,7 @@ def start_web(tmp_path: Path, process_logs: list[Path]) -> Iterator[Callable[[di
 
     yield start
     for web in started:
-        web.stop()
+        web.kill()
 
 
 # --- the dashboard and browser tests' stacks ---------------------------------------

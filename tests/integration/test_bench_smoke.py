@@ -28,6 +28,7 @@ ROWS = (
 )
 
 
+@pytest.mark.timeout(660)  # the bench run itself may take 600 s
 def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     finished = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--keep", str(tmp_path)],

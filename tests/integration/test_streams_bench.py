@@ -14,6 +14,7 @@ from tests.support.paths import ROOT
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(330)  # the script may take 300 s
 def test_one_web_process_holds_1000_streams_while_the_api_answers() -> None:
     result = subprocess.run(
         [sys.executable, "scripts/streams_bench.py", "--streams", "1000", "--samples", "100", "--seconds", "0",

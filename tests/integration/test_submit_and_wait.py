@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,10 +27,9 @@ def post(web: WebProcess, path: str, prefer: str | None) -> tuple[int, dict[str,
 
 
 @pytest.fixture
-def web(make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]) -> WebProcess:
-    stack = make_stack()
-    stack.start_worker()
-    web = start_web(stack.env)
+def web(web_and_worker: tuple[Stack, WebProcess]) -> WebProcess:
+    """The module's shared web process and worker (conftest), idle."""
+    _, web = web_and_worker
     post(web, "/tasks/test/add?x=0&y=0", None)  # the first request of a process also loads what it lazily needs
     return web
 

@@ -1,5 +1,8 @@
 """Pushed task state through the Procfile's web line (gunicorn, gevent) and a real worker:
-`GET /tasks/<id>?wait=N` and the event stream `GET /tasks/<id>/events`."""
+`GET /tasks/<id>?wait=N` and the event stream `GET /tasks/<id>/events`.
+
+Tests at the default settings share the module's stack and web process (`web_and_worker`,
+from conftest); those that change a setting or stop Redis build their own."""
 
 from __future__ import annotations
 
@@ -55,13 +58,6 @@ def read_events(response: requests.Response) -> Iterator[dict[str, Any]]:
             block[name] = json.loads(value) if name == "data" else value
     if block:
         yield block
-
-
-@pytest.fixture
-def web_and_worker(make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]) -> tuple[Stack, WebProcess]:
-    stack = make_stack()
-    stack.start_worker()
-    return stack, start_web(stack.env)
 
 
 def test_wait_answers_within_100_ms_of_the_end(web_and_worker: tuple[Stack, WebProcess]) -> None:

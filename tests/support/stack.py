@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Queue
 from rq.worker import Worker
 
 from tests.support.ports import free_port, port_answers
@@ -19,6 +20,7 @@ from tests.support.processes import ProcessGroup, children_of, process_table
 from tests.support.procfile import procfile_command
 from tests.support.waiting import wait_until
 from trustcard.api.app import create_app
+from trustcard.catalogue import QUEUE_NAMES
 from trustcard.config import Settings, load_settings
 from trustcard.connections import redis_client
 
@@ -118,12 +120,19 @@ class Stack:
         app = create_app(settings)
         return cls(env, settings, app, app.test_client(), log_dir, logs)
 
-    def for_test(self, logs: list[Path]) -> Stack:
+    def for_test(self, logs: list[Path], timeout: float = START_TIMEOUT) -> Stack:
         """This stack, shared, handed to one more test: its logs go with that test's report,
-        and it must be as a test finds a fresh one (its workers up, no task running)."""
+        its workers must be up, and what tests before it left running or queued ends first."""
         logs.extend(self.logs)
         assert all(worker.poll() is None for worker in self.workers), "a test before stopped a shared worker"
-        assert self.client.get("/tasks/").get_json()["count"] == 0, "a test before left a task running"
+        connection = self.app.extensions["trustcard.redis"]
+        queues = [Queue(name, connection=connection) for name in QUEUE_NAMES]
+        wait_until(
+            lambda: self.client.get("/tasks/").get_json()["count"] == 0 and not any(queue.count for queue in queues),
+            timeout,
+            "the tasks that tests before this one left to end",
+            interval=0.1,
+        )
         return self
 
     def start_worker(self, wait: bool = True, **extra_env: str) -> WorkerProcess:
@@ -154,9 +163,10 @@ class Stack:
         )
 
     def stop(self) -> None:
+        """Tear-down: the workers killed outright (tests of a graceful stop signal them themselves)."""
         try:
             for worker in self.workers:
-                worker.stop()
+                worker.kill()
         finally:
             self.app.extensions["trustcard.redis"].close()
             self.app.extensions["trustcard.engine"].dispose()
