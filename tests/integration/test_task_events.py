@@ -79,6 +79,8 @@ def test_wait_answers_at_its_deadline_with_the_current_state(web_and_worker: tup
     elapsed = time.monotonic() - started
     assert response.status_code == 200 and response.json()["status"] in ("pending", "started"), response.text
     assert 1.5 <= elapsed < 2.5, elapsed
+    cancelled = requests.delete(f"{web.url}/tasks/{task_id}", timeout=10)  # frees the shared worker
+    assert cancelled.status_code in (200, 409), cancelled.text
 
 
 def test_wait_on_an_ended_task_answers_at_once_and_old_calls_are_unchanged(
