@@ -21,7 +21,7 @@ from tests.support.stack import REDIS_URL
 from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # generated `?wait` calls may each wait 25 s
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a generated `Prefer: wait=N` may wait 25 s
 
 API_KEY = "fuzz-test-key"
 MAX_EXAMPLES = 50
