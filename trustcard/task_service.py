@@ -26,13 +26,12 @@ from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus, Retry
-from rq.job_lifecycle import record_job_failure
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from trustcard import logs
+from trustcard import failures, logs, rq_seams
 from trustcard.callback_urls import CALLBACK_HEADER, CallbackURLRefused, check_callback_url
 from trustcard.callbacks import CALLBACK_FIELD, CALLBACK_META_KEY, CallbackState, read_state
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
@@ -438,7 +437,7 @@ class TaskService:
             registry.cleanup(timestamp=1, exception_handlers=[count_if_abandoned])
         else:  # no registry entry left to settle through
             with self.connection.pipeline() as pipeline:
-                record_job_failure(job, "AbandonedJobError: its worker is gone", pipeline)
+                rq_seams.record_job_failure(job, failures.ABANDONED_BY_STATUS_CHECK.render(), pipeline)
                 pipeline.execute()
             count_abandoned(job, retried=False)
         log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)
@@ -456,7 +455,7 @@ class TaskService:
         elif status is TaskStatus.FAILED:
             error = summarise_failure(latest.exc_string if latest else None)
         elif status is TaskStatus.CANCELLED:
-            error = "Cancelled on request."
+            error = failures.CANCELLED_ON_REQUEST
         try:
             meta = job.meta or {}
         except DeserializationError:

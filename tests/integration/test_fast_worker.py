@@ -1,4 +1,4 @@
-"""`workers.fast.FastWorker` as a real `rq worker` process, driven through the HTTP API.
+"""`workers.supervisor.JobProcessSupervisor` as a real `rq worker` process, driven through the HTTP API.
 
 The worker keeps one job process for many jobs; these tests check that it keeps every
 promise of the forking worker: results and progress, the soft limit inside the job,
@@ -35,7 +35,7 @@ from trustcard.config import load_settings
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER_CLASS = "workers.fast.FastWorker"
+WORKER_CLASS = "workers.supervisor.JobProcessSupervisor"
 MAX_JOBS_PER_CHILD = 50
 """The worker's default: the old Celery service also replaced its processes after 50 tasks."""
 TIGHT_SOFT_LIMIT, TIGHT_HARD_LIMIT = 2, 4
@@ -86,7 +86,7 @@ def _pings(client: Redis) -> bool:
 
 
 def start_worker(redis_url: str, folder: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-    """`rq worker --worker-class workers.fast.FastWorker ... analysis`, as a platform starts it."""
+    """`rq worker --worker-class workers.supervisor.JobProcessSupervisor ... analysis`, as a platform starts it."""
     env = {
         **os.environ,
         "REDIS_URL": redis_url,

@@ -85,7 +85,7 @@ def test_catalogue_job_runs_catalogued_functions(fake_redis: object) -> None:
 
 def test_worker_code_never_imports_flask() -> None:
     code = (
-        "import sys, workers.worker, workers.analysis, workers.diagnostics, trustcard.catalogue;"
+        "import sys, workers.supervisor, workers.analysis, workers.diagnostics, trustcard.catalogue;"
         "sys.exit(1 if 'flask' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT).returncode == 0

@@ -1,0 +1,88 @@
+"""RQ's pubsub commands, as the supervisor obeys them, and the kill they lead to.
+
+RQ's commands (`send_stop_job_command`, `send_kill_horse_command`, stop-execution,
+shutdown) arrive in the pubsub listener thread. Stop-job and kill-horse act on the job
+process; the rest is RQ's own handling. The kill happens under the slot's lock, so the
+job process cannot move on to its next job in between: the job meant is the job killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from rq.command import parse_payload
+
+from trustcard.failures import KillReason
+from workers.supervisor.recording import RecordingWorker
+
+if TYPE_CHECKING:
+    from workers.supervisor.supervisor import RunningJobProcess
+
+LOCK_WAIT_SECONDS = 1.0
+
+
+class CommandsMixin(RecordingWorker):
+    """Commands and kills; the supervisor keeps `job_process` and `kill_reasons` up to date."""
+
+    job_process: RunningJobProcess | None
+    kill_reasons: dict[int, KillReason]
+
+    def kill_job_process(self, reason: KillReason, *, seq: int | None = None, job_id: str | None = None) -> bool:
+        """Kill the job process if it still runs the job meant (by `seq` or `job_id`; any
+        job, or none, when neither is given). The reason decides how the job ends."""
+        running = self.job_process
+        if running is None:
+            return False
+        with running.slot.locked(LOCK_WAIT_SECONDS) as locked:
+            view = running.slot.read()
+            if locked:
+                if (seq is not None and (not view.running or view.seq != seq)) or (
+                    job_id is not None and (not view.running or view.job_id != job_id)
+                ):
+                    return False
+            if view.running:
+                self.kill_reasons[view.seq] = reason
+            try:
+                os.killpg(running.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                os.kill(running.pid, signal.SIGKILL)
+        return True
+
+    def handle_payload(self, message: dict[str, Any]) -> None:
+        """Pubsub commands, in the listener thread. Nothing may escape: an exception here
+        would end the listener thread for good."""
+        try:
+            self._obey(parse_payload(message), message)
+        except Exception:  # noqa: BLE001 - see above
+            self.log.exception("worker %s: command %r failed", self.name, message)
+
+    def _obey(self, payload: dict[str, Any], message: dict[str, Any]) -> None:
+        command = payload.get("command")
+        if command == "stop-job":
+            job_id = payload.get("job_id")
+            if job_id and self.kill_job_process(KillReason.STOPPED, job_id=job_id):
+                self.log.info("task %s: stopped on request", job_id)
+            else:
+                self.log.warning("worker %s: not running task %s, stop command ignored", self.name, job_id)
+        elif command == "stop-execution":
+            self.request_stop_execution(payload.get("execution_id", ""))
+        elif command == "kill-horse":
+            self.kill_horse()
+        else:
+            super().handle_payload(message)
+
+    def request_stop_execution(self, execution_id: str) -> None:
+        """Stop one execution (RQ's stop-execution command), if it is the one running."""
+        view = self.job_process.slot.read() if self.job_process is not None else None
+        if view is not None and view.running and view.execution_id == execution_id:
+            self.kill_job_process(KillReason.STOPPED, seq=view.seq)
+        else:
+            self.log.warning("worker %s: not running execution %s, command ignored", self.name, execution_id)
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """RQ's kill-horse: kill the job process; a job it was running fails as killed."""
+        self.kill_job_process(KillReason.KILLED)
