@@ -84,7 +84,7 @@ WORKER_CLASSES = {
     "rq-fork": None,
     "rq-simple": "rq.SimpleWorker",
     "trustcard": "workers.worker.TrustCardWorker",
-    "fast": "workers.fast.FastWorker",
+    "fast": "workers.supervisor.JobProcessSupervisor",
 }
 ALL_SYSTEMS = [*WORKER_CLASSES, "celery"]
 REFERENCE = "celery"

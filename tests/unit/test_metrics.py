@@ -36,7 +36,8 @@ from trustcard.metrics.outcomes import (
     submission_outcome,
 )
 from workers.supervisor import JobProcessSupervisor
-from workers.supervisor.bookkeeping import HAS_DEPENDENTS, Bookkeeper, Dequeued, success_batch
+from workers.supervisor.batches import success_batch
+from workers.supervisor.bookkeeping import HAS_DEPENDENTS, Bookkeeper, Dequeued
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

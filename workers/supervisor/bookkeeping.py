@@ -22,9 +22,9 @@ script runs the batch in Redis, atomically like MULTI/EXEC, as a single command:
    through RQ's own success transaction, which moves its dependents to ready (and keeps
    them deferred if the job was cancelled meanwhile) before the next job is taken.
 
-Jobs with anything unusual (callbacks, webhooks, repeats, rate limits, a `Retry`
-result, `result_ttl=0`) and every failure finish through RQ's own code: see
-`plain_success`.
+The batches themselves are built in `batches`. Jobs with anything unusual (callbacks,
+webhooks, repeats, rate limits, a `Retry` result, `result_ttl=0`, dependents) and every
+failure end through RQ's own code: see `batches.plain_success`.
 """
 
 from __future__ import annotations
@@ -32,25 +32,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import DataAccessCommands
 from redis.exceptions import NoScriptError, ResponseError
-from rq.executions import Execution
-from rq.job import Job, JobStatus, Retry
-from rq.results import Result
 from rq.suspension import WORKERS_SUSPENDED
-from rq.utils import get_version, utcformat
-from rq.worker import WorkerStatus
-
-from trustcard import rq_seams
-from trustcard.metrics.outcomes import TaskOutcome
-from trustcard.metrics.store import job_end_commands
+from rq.utils import get_version
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.connection import Connection
+    from rq.job import Job
     from rq.queue import Queue
     from rq.serializers import Serializer
 
@@ -112,18 +104,6 @@ return {done}
 # time encoding arguments and parsing replies than Redis spends running them. The script
 # answers the batch's last reply. A job id whose hash is gone is skipped, as RQ's
 # `dequeue_any` does.
-
-
-class BatchWorker(Protocol):
-    """What the batches need of the worker: RQ's own methods that write its state."""
-
-    name: str
-
-    def set_state(self, state: str, pipeline: Any = None) -> None: ...
-
-    def increment_successful_job_count(self, pipeline: Any = None) -> None: ...
-
-    def increment_total_working_time(self, job_execution_time: timedelta, pipeline: Any) -> None: ...
 
 
 class CommandBatch(DataAccessCommands):
@@ -309,65 +289,3 @@ def _split_hash(sizes: bytes, joined: bytes) -> dict[bytes, bytes]:
         parts.append(joined[offset : offset + size])
         offset += size
     return dict(zip(parts[::2], parts[1::2], strict=True))
-
-
-def start_batch(worker: BatchWorker, job: Job, heartbeat_ttl: int, intermediate_key: str | None) -> tuple[
-    CommandBatch, Execution
-]:
-    """The commands that start `job`: RQ's `prepare_execution` + `prepare_job_execution`,
-    without the worker heartbeat (the supervisor keeps that) and the second job heartbeat."""
-    batch = CommandBatch()
-    execution = Execution.create(job, heartbeat_ttl, pipeline=batch, worker_name=worker.name)  # type: ignore[arg-type]
-    worker.set_state(WorkerStatus.BUSY, pipeline=batch)  # type: ignore[arg-type]
-    job.prepare_for_execution(worker.name, batch)  # type: ignore[arg-type]
-    batch.persist(job.key)
-    if intermediate_key is not None:
-        batch.lrem(intermediate_key, 1, job.id)
-    return batch, execution
-
-
-def plain_success(job: Job, return_value: Any, result_ttl: int) -> bool:
-    """True when finishing `job` needs nothing beyond `success_batch`."""
-    return (
-        result_ttl != 0
-        and not isinstance(return_value, Retry)
-        and not rq_seams.has_success_callback(job)
-        and not job.webhooks
-        and job.repeats_left is None
-        and not job.has_rate_limit
-    )
-
-
-def success_batch(
-    worker: BatchWorker, job: Job, execution: Execution, return_value: Any, result_ttl: int, ended_at: datetime
-) -> CommandBatch:
-    """What RQ's `handle_job_success` writes for a plain job without dependents (`run`
-    checks that in the same atomic script: a dependent enqueued later sees this job
-    finished), and its count for /metrics (best effort). The job hash is not written back
-    whole: only its status, end time and heartbeat changed since it started."""
-    job.ended_at = ended_at
-    job.last_heartbeat = ended_at
-    rq_seams.mark_finished(job, return_value)
-    stamp = utcformat(ended_at)
-    assert job.started_at is not None
-    batch = CommandBatch()
-    batch.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": stamp, "last_heartbeat": stamp})
-    Result.create(
-        job,
-        Result.Type.SUCCESSFUL,
-        return_value=return_value,
-        ttl=result_ttl,
-        worker_name=worker.name,
-        pipeline=batch,
-        execution_id=execution.id,
-        execution_started_at=execution.created_at,
-        execution_ended_at=ended_at,
-    )
-    job.finished_job_registry.add(job, result_ttl, batch)  # type: ignore[arg-type]
-    job.cleanup(result_ttl, pipeline=batch, remove_from_queue=False)  # type: ignore[arg-type]
-    execution.delete(job=job, pipeline=batch)  # type: ignore[arg-type]
-    worker.increment_successful_job_count(pipeline=batch)  # type: ignore[arg-type]
-    worker.increment_total_working_time(ended_at - job.started_at, batch)  # type: ignore[arg-type]
-    worker.set_state(WorkerStatus.IDLE, pipeline=batch)  # type: ignore[arg-type]
-    batch.best_effort.extend(job_end_commands(job, TaskOutcome.COMPLETED))
-    return batch

@@ -1,7 +1,8 @@
-"""RQ's pubsub commands, as the supervisor obeys them, and the kill they lead to.
+"""RQ's pubsub commands and the stop signals, as the supervisor obeys them, and the kill.
 
 RQ's commands (`send_stop_job_command`, `send_kill_horse_command`, stop-execution,
-shutdown) arrive in the pubsub listener thread. Stop-job and kill-horse act on the job
+shutdown) arrive in the pubsub listener thread; SIGTERM and SIGINT ask for a warm
+shutdown (a second one hands the running job back at once). Stop-job and kill-horse act on the job
 process; the rest is RQ's own handling. The kill happens under the slot's lock, so the
 job process cannot move on to its next job in between: the job meant is the job killed.
 """
@@ -10,10 +11,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from datetime import timedelta
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from rq.command import parse_payload
+from rq.utils import now
 
+from trustcard import rq_seams
 from trustcard.failures import KillReason
 from workers.supervisor.recording import RecordingWorker
 
@@ -28,6 +34,7 @@ class CommandsMixin(RecordingWorker):
 
     job_process: RunningJobProcess | None
     kill_reasons: dict[int, KillReason]
+    _shutdown_deadline: float | None
 
     def kill_job_process(self, reason: KillReason, *, seq: int | None = None, job_id: str | None = None) -> bool:
         """Kill the job process if it still runs the job meant (by `seq` or `job_id`; any
@@ -86,3 +93,25 @@ class CommandsMixin(RecordingWorker):
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """RQ's kill-horse: kill the job process; a job it was running fails as killed."""
         self.kill_job_process(KillReason.KILLED)
+
+    # --- stop signals -------------------------------------------------------------------
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """First SIGTERM/SIGINT: no new job; the running one gets `shutdown_grace` seconds.
+        The loop, woken by the signal, tells the job process: no lock is taken in a handler."""
+        rq_seams.set_shutdown_requested_date(self, now())
+        self._shutdown_deadline = time.monotonic() + self.shutdown_grace
+        rq_seams.set_stop_requested(self)
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self.log.info(
+            "worker %s: shutdown requested; a running job gets %d s to finish", self.name, self.shutdown_grace
+        )
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Second signal: hand the running job back now (the loop does it on waking)."""
+        requested = rq_seams.shutdown_requested_date(self)
+        if requested and now() - requested < timedelta(seconds=1):
+            return  # the same signal delivered twice (process group and pool)
+        self.log.warning("worker %s: cold shutdown", self.name)
+        self._shutdown_deadline = time.monotonic()

@@ -9,7 +9,7 @@ It leaves, and is replaced by a fresh fork, after `max_jobs` jobs or once its pe
 memory passes `max_memory_mb`, so a leaking job cannot grow a process for ever. It
 dies with its parent (PR_SET_PDEATHSIG), so no job process runs unsupervised.
 
-It sees its worker only through `JobProcessHost`: the few things a job process needs.
+It sees its worker only through `host.JobProcessHost`: the few things a job process needs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -35,26 +35,16 @@ from trustcard import logs, rq_seams
 from trustcard.metrics.ends import cancel_waiting
 from trustcard.status import CANCEL_FIELD
 from workers.limits import hard_timeout_of, preview
-from workers.supervisor.bookkeeping import (
-    HAS_DEPENDENTS,
-    SUSPENDED,
-    BatchWorker,
-    Bookkeeper,
-    CommandBatch,
-    Dequeued,
-    plain_success,
-    start_batch,
-    success_batch,
-)
+from workers.supervisor.batches import plain_success, start_batch, success_batch
+from workers.supervisor.bookkeeping import HAS_DEPENDENTS, SUSPENDED, Bookkeeper, CommandBatch, Dequeued
 from workers.supervisor.process import ExitCode, die_with_parent
 
 if TYPE_CHECKING:
-    from redis import Redis
     from rq.executions import Execution
     from rq.job import Job
     from rq.queue import Queue
 
-    from trustcard.rq_seams import ExcInfo
+    from workers.supervisor.host import JobProcessHost
     from workers.supervisor.slot import JobSlot
 
 log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
@@ -66,35 +56,6 @@ SUSPENDED_PAUSE_SECONDS = 1.0
 REDIS_RETRY_MAX_SECONDS = 5.0
 
 _CANCEL_FIELD = CANCEL_FIELD.encode()
-
-
-class JobProcessHost(BatchWorker, Protocol):
-    """What the job process needs of its worker (the supervisor's copy in this process)."""
-
-    connection: Redis
-    queues: list[Queue]
-    job_class: type[Job]
-    serializer: Any
-    queue_class: type[Queue]
-    default_result_ttl: int
-    death_penalty_class: Any
-    executions: dict[str, Execution]
-
-    def become_job_process(self) -> None: ...
-
-    def ordered_queues(self) -> list[Queue]: ...
-
-    def reorder_queues(self, reference_queue: Queue) -> None: ...
-
-    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int: ...
-
-    def refuse_unreadable(self, job: Job, queue: Queue) -> bool: ...
-
-    def finish_success(self, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None: ...
-
-    def finish_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo) -> None: ...
-
-    def recover_after_outage(self, job: Job, queue: Queue) -> None: ...
 
 
 @dataclass

@@ -8,18 +8,22 @@ lets a signal interrupt the supervisor's wait at once.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import select
 import signal
 import time
 from enum import IntEnum
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from trustcard.catalogue import BY_FUNCTION
 
 if TYPE_CHECKING:
     from resource import struct_rusage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -129,3 +133,17 @@ def describe_wait_status(wait_status: int) -> str:
     if os.WIFSIGNALED(wait_status):
         return f"killed by signal {os.WTERMSIG(wait_status)}"
     return f"exit status {os.WEXITSTATUS(wait_status)}"
+
+
+def preload_job_code(queue_names: Iterable[str], worker_name: str) -> None:
+    """Import the catalogued job modules of these queues once, in the supervisor, so every
+    job process it forks starts warm."""
+    served = set(queue_names)
+    for function_path, job_type in BY_FUNCTION.items():
+        if job_type.queue not in served:
+            continue
+        module = function_path.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the job fails with the import error when it runs
+            log.exception("worker %s: could not preload %s", worker_name, module)

@@ -167,7 +167,7 @@ class RecordingWorker(Worker):
         shutdown is no end either."""
         if self._handing_back_job_id == job.id:
             return None
-        if self._stopped_job_id == job.id:
+        if rq_seams.stopped_job_id(self) == job.id:
             return TaskOutcome.CANCELLED
         if job.should_retry:
             return None

@@ -19,7 +19,9 @@ from multiprocessing.process import BaseProcess
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.scheduler import RQScheduler
+from rq.worker import BaseWorker
 
 from trustcard import rq_seams
 from workers.supervisor.process import die_with_parent
@@ -65,3 +67,27 @@ class SchedulerKeeper:
             scheduler.acquire_locks(auto_start=True)
         except REDIS_DOWN as error:
             log.warning("scheduler not restarted yet, Redis unreachable (%s)", error)
+
+
+def start_scheduler(
+    worker: BaseWorker,
+    burst: bool = False,
+    logging_level: str | None = "INFO",
+    date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+    log_format: str = DEFAULT_LOGGING_FORMAT,
+) -> None:
+    """As RQ's `_start_scheduler`, with a `SupervisedScheduler`."""
+    if burst:  # RQ runs the scheduler once in this process: nothing to supervise
+        rq_seams.start_rq_scheduler(worker, burst, logging_level, date_format, log_format)
+        return
+    worker.scheduler = SupervisedScheduler(
+        worker.queues,
+        connection=worker.connection,
+        logging_level=logging_level if logging_level is not None else worker.log.level,
+        date_format=date_format,
+        log_format=log_format,
+        serializer=worker.serializer,
+    )
+    worker.scheduler.acquire_locks()
+    if worker.scheduler.acquired_locks:
+        worker.scheduler.start()

@@ -24,24 +24,19 @@ Start it as `rq worker --worker-class workers.supervisor.JobProcessSupervisor ..
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from types import FrameType
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
-from rq.utils import now
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from trustcard import rq_seams
-from trustcard.catalogue import BY_FUNCTION
 from trustcard.failures import KillReason
 from workers.supervisor import process
 from workers.supervisor.commands import CommandsMixin
@@ -49,7 +44,7 @@ from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
 from workers.supervisor.process import ExitCode
 from workers.supervisor.recording import REDIS_DOWN
-from workers.supervisor.scheduler import SchedulerKeeper, SupervisedScheduler
+from workers.supervisor.scheduler import SchedulerKeeper, start_scheduler
 from workers.supervisor.slot import JobSlot, SlotView
 
 if TYPE_CHECKING:
@@ -123,7 +118,7 @@ class JobProcessSupervisor(CommandsMixin):
             self._start_scheduler(burst, logging_level, date_format, log_format)
         rq_seams.install_signal_handlers(self)
         self._wakeup_read = process.install_wakeup_pipe()
-        self._preload_job_code()
+        process.preload_job_code(self.queue_names(), self.name)
         self.log.info(
             "worker %s: job processes run up to %d jobs each (memory limit %s)",
             self.name, self.max_jobs_per_child,
@@ -217,20 +212,7 @@ class JobProcessSupervisor(CommandsMixin):
         log_format: str = DEFAULT_LOGGING_FORMAT,
     ) -> None:
         """As RQ's, but the scheduler process stops when this worker dies, even by SIGKILL."""
-        if burst:  # RQ runs the scheduler once in this process: nothing to supervise
-            rq_seams.start_rq_scheduler(self, burst, logging_level, date_format, log_format)
-            return
-        self.scheduler = SupervisedScheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format,
-            log_format=log_format,
-            serializer=self.serializer,
-        )
-        self.scheduler.acquire_locks()
-        if self.scheduler.acquired_locks:
-            self.scheduler.start()
+        start_scheduler(self, burst, logging_level, date_format, log_format)
 
     def _next_wake(self) -> float:
         assert self.job_process is not None
@@ -380,44 +362,12 @@ class JobProcessSupervisor(CommandsMixin):
             self._current_job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
         return self._current_job
 
-    # --- stopping -----------------------------------------------------------------------
-
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        """First SIGTERM/SIGINT: no new job; the running one gets `shutdown_grace` seconds.
-        The loop, woken by the signal, tells the job process: no lock is taken in a handler."""
-        rq_seams.set_shutdown_requested_date(self, now())
-        self._shutdown_deadline = time.monotonic() + self.shutdown_grace
-        rq_seams.set_stop_requested(self)
-        signal.signal(signal.SIGINT, self.request_force_stop)
-        signal.signal(signal.SIGTERM, self.request_force_stop)
-        self.log.info(
-            "worker %s: shutdown requested; a running job gets %d s to finish", self.name, self.shutdown_grace
-        )
-
-    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
-        """Second signal: hand the running job back now (the loop does it on waking)."""
-        requested = rq_seams.shutdown_requested_date(self)
-        if requested and now() - requested < timedelta(seconds=1):
-            return  # the same signal delivered twice (process group and pool)
-        self.log.warning("worker %s: cold shutdown", self.name)
-        self._shutdown_deadline = time.monotonic()
+    # --- waiting ------------------------------------------------------------------------
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not rq_seams.stop_requested(self) and time.monotonic() < deadline:
             time.sleep(min(0.1, deadline - time.monotonic()))
-
-    def _preload_job_code(self) -> None:
-        """Import the catalogued job modules once, here, so every job process starts warm."""
-        served = set(self.queue_names())
-        for function_path, job_type in BY_FUNCTION.items():
-            if job_type.queue not in served:
-                continue
-            module = function_path.rsplit(".", 1)[0]
-            try:
-                importlib.import_module(module)
-            except Exception:  # noqa: BLE001 - the job fails with the import error when it runs
-                self.log.exception("worker %s: could not preload %s", self.name, module)
 
 
 _WORKER_ENDS = (ExitCode.EMPTY, ExitCode.IDLE, ExitCode.SUSPENDED)
