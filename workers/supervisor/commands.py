@@ -24,7 +24,9 @@ from trustcard.failures import KillReason
 from workers.supervisor.recording import RecordingWorker
 
 if TYPE_CHECKING:
-    from workers.supervisor.supervisor import RunningJobProcess
+    from rq.job import Job
+
+    from workers.supervisor.process import RunningJobProcess
 
 LOCK_WAIT_SECONDS = 1.0
 
@@ -35,6 +37,7 @@ class CommandsMixin(RecordingWorker):
     job_process: RunningJobProcess | None
     kill_reasons: dict[int, KillReason]
     _shutdown_deadline: float | None
+    _current_job: Job | None
 
     def kill_job_process(self, reason: KillReason, *, seq: int | None = None, job_id: str | None = None) -> bool:
         """Kill the job process if it still runs the job meant (by `seq` or `job_id`; any
@@ -93,6 +96,26 @@ class CommandsMixin(RecordingWorker):
     def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
         """RQ's kill-horse: kill the job process; a job it was running fails as killed."""
         self.kill_job_process(KillReason.KILLED)
+
+    # --- what RQ asks of a worker --------------------------------------------------------
+
+    def get_current_job_id(self) -> str | None:
+        """The job the job process is running (RQ's stop-job command compares with it)."""
+        if self.job_process is not None:
+            view = self.job_process.slot.read()
+            return view.job_id if view.running else None
+        return super().get_current_job_id()
+
+    def get_current_job(self) -> Job | None:
+        """The running job, fetched once per job (RQ's own answer when no job process runs)."""
+        if self.job_process is None:
+            return super().get_current_job()
+        job_id = self.get_current_job_id()
+        if job_id is None:
+            return None
+        if self._current_job is None or self._current_job.id != job_id:
+            self._current_job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        return self._current_job
 
     # --- stop signals -------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from rq.utils import now
 
 from trustcard import failures, rq_seams
 from trustcard.failures import KillReason
-from workers.limits import hard_timeout_of
+from workers.job_facts import hard_timeout_of
 from workers.supervisor.recording import REDIS_DOWN, RecordingWorker
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ import resource
 import signal
 import sys
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +30,10 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from trustcard import logs, rq_seams
+from trustcard import rq_seams
 from trustcard.metrics.ends import cancel_waiting
 from trustcard.status import CANCEL_FIELD
-from workers.limits import hard_timeout_of, preview
+from workers.job_facts import hard_timeout_of, preview, task_log_context
 from workers.supervisor.batches import plain_success, start_batch, success_batch
 from workers.supervisor.bookkeeping import HAS_DEPENDENTS, SUSPENDED, Bookkeeper, CommandBatch, Dequeued
 from workers.supervisor.process import ExitCode, die_with_parent
@@ -354,12 +353,3 @@ def _log_success(job: Job) -> None:
     with task_log_context(job):
         log.info("task %s succeeded in %.3f s: %s", job.id, (job.ended_at - job.started_at).total_seconds(),
                  preview(rq_seams.result_of(job)))
-
-
-def task_log_context(job: Job) -> AbstractContextManager[None]:
-    """The log context of `job`: its id, and the request id and client the web kept in its meta."""
-    try:
-        meta = job.meta or {}
-    except Exception:  # noqa: BLE001 - an unreadable job is still logged, by id
-        meta = {}
-    return logs.bound(task_id=job.id, request_id=meta.get("request_id"), client=meta.get("submitted_by"))

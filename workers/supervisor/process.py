@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import time
+from dataclasses import dataclass, field
 from enum import IntEnum
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from trustcard.catalogue import BY_FUNCTION
 
 if TYPE_CHECKING:
     from resource import struct_rusage
+
+    from workers.supervisor.slot import JobSlot
 
 log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
 
@@ -52,6 +55,17 @@ class ExitCode(IntEnum):
     def is_orderly(self) -> bool:
         """Left for a reason of its own, not by dying."""
         return self in (ExitCode.RECYCLE, ExitCode.STOPPED) or self.ends_the_worker
+
+
+@dataclass
+class RunningJobProcess:
+    """The job process as the supervisor knows it."""
+
+    pid: int
+    slot: JobSlot
+    pidfd: int | None
+    started: float = field(default_factory=time.monotonic)
+
 
 
 def exit_code_of(wait_status: int) -> ExitCode | None:

@@ -40,7 +40,7 @@ from trustcard.metrics.ends import count_if_abandoned
 from trustcard.metrics.outcomes import TaskOutcome
 from trustcard.status import summarise_failure
 from workers.job import CatalogueJob
-from workers.limits import preview
+from workers.job_facts import preview
 
 if TYPE_CHECKING:
     from redis.client import Pipeline

@@ -28,7 +28,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +41,7 @@ from workers.supervisor import process
 from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
-from workers.supervisor.process import ExitCode
+from workers.supervisor.process import ExitCode, RunningJobProcess
 from workers.supervisor.recording import REDIS_DOWN
 from workers.supervisor.scheduler import SchedulerKeeper, start_scheduler
 from workers.supervisor.slot import JobSlot, SlotView
@@ -62,16 +61,6 @@ LONG_JOB_SECONDS = 2.0
 """A job running this long gets its heartbeats from the supervisor."""
 SCHEDULER_CHECK_SECONDS = 2.0
 """How often the supervisor checks that its scheduler process is still alive."""
-
-
-@dataclass
-class RunningJobProcess:
-    """The job process as the supervisor knows it."""
-
-    pid: int
-    slot: JobSlot
-    pidfd: int | None
-    started: float = field(default_factory=time.monotonic)
 
 
 class JobProcessSupervisor(CommandsMixin):
@@ -341,26 +330,6 @@ class JobProcessSupervisor(CommandsMixin):
 
     def finish_failure(self, job: Job, queue: Queue, execution: Execution, exc_info: ExcInfo) -> None:
         rq_seams.finalize_failure(self, job, queue, execution, exc_info)
-
-    # --- what RQ asks of a worker --------------------------------------------------------
-
-    def get_current_job_id(self) -> str | None:
-        """The job the job process is running (RQ's stop-job command compares with it)."""
-        if self.job_process is not None:
-            view = self.job_process.slot.read()
-            return view.job_id if view.running else None
-        return super().get_current_job_id()
-
-    def get_current_job(self) -> Job | None:
-        """The running job, fetched once per job (RQ's own answer when no job process runs)."""
-        if self.job_process is None:
-            return super().get_current_job()
-        job_id = self.get_current_job_id()
-        if job_id is None:
-            return None
-        if self._current_job is None or self._current_job.id != job_id:
-            self._current_job = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
-        return self._current_job
 
     # --- waiting ------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""A job's hard time limit, and how a result shows in a log line."""
+"""What the worker reads off a job: its hard time limit, its log context, its result's preview."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
+
+from trustcard import logs
 
 from trustcard.catalogue import BY_FUNCTION
 from trustcard.config import load_settings
@@ -28,3 +31,12 @@ def preview(value: Any) -> str:
     """A result, short enough for one log line."""
     text = repr(value)
     return text if len(text) <= RESULT_PREVIEW_CHARACTERS else text[: RESULT_PREVIEW_CHARACTERS - 3] + "..."
+
+
+def task_log_context(job: Job) -> AbstractContextManager[None]:
+    """The log context of `job`: its id, and the request id and client the web kept in its meta."""
+    try:
+        meta = job.meta or {}
+    except Exception:  # noqa: BLE001 - an unreadable job is still logged, by id
+        meta = {}
+    return logs.bound(task_id=job.id, request_id=meta.get("request_id"), client=meta.get("submitted_by"))
