@@ -1,6 +1,8 @@
 """Gunicorn settings for the web process, read from the environment like the app's.
 
-`PORT` and `WEB_CONCURRENCY` are the names platforms set. Requests are short (every
+`PORT` and `WEB_CONCURRENCY` are the names platforms set. Each variable read here is
+declared with the app's settings (`trustcard/config/declarations.py`), and a bad one stops
+the web before it binds, with the same one sentence and exit status 3. Requests are short (every
 slow thing is a job), except the event streams and `?wait` long polls, which only wait:
 the worker class is gunicorn's gevent worker (why: trustcard/gunicorn_worker.py), which
 holds up to `WEB_CONNECTIONS` connections per process, each in a greenlet, and answers
@@ -10,13 +12,14 @@ within a platform's 30 s grace period. `WEB_THREADS` is gthread's pool size; gev
 not use it.
 """
 
-import os
+from trustcard.config import read_variables_or_exit
 
-bind = f"0.0.0.0:{os.environ.get('PORT') or 8000}"
-workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+_web = read_variables_or_exit("trustcard", ("PORT", "WEB_CONCURRENCY", "WEB_CONNECTIONS", "WEB_THREADS", "LOG_FORMAT"))
+bind = f"0.0.0.0:{_web['PORT']}"
+workers = _web["WEB_CONCURRENCY"]
 worker_class = "trustcard.gunicorn_worker.JSONErrorGeventWorker"
-worker_connections = int(os.environ.get("WEB_CONNECTIONS") or 4000)
-threads = int(os.environ.get("WEB_THREADS") or 4)
+worker_connections = _web["WEB_CONNECTIONS"]
+threads = _web["WEB_THREADS"]
 timeout = 30
 graceful_timeout = 25
 keepalive = 5
@@ -25,7 +28,7 @@ errorlog = "-"
 # The access line names the request id the API sent back, so it joins the app's lines for it.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
 
-if (os.environ.get("LOG_FORMAT") or "text").strip().lower() == "json":
+if _web["LOG_FORMAT"] == "json":
     # Gunicorn's own lines (access and errors) as JSON objects too, like the app's.
     logconfig_dict = {
         "version": 1,

@@ -7,18 +7,13 @@ traceback.
 
 from __future__ import annotations
 
-import sys
-
 from alembic import context
-from dotenv import load_dotenv
 from sqlalchemy import pool
 
-from trustcard.config import load_settings
+from trustcard.config import load_settings_or_exit
 from trustcard.database import make_engine
-from trustcard.exceptions import ConfigError
 from trustcard.models import Base
 
-load_dotenv(override=False)
 target_metadata = Base.metadata
 
 
@@ -26,16 +21,7 @@ def database_url() -> str:
     """An explicit `-x url=...` or `sqlalchemy.url` wins (tests use it), else DATABASE_URL."""
     return context.get_x_argument(as_dictionary=True).get("url") or context.config.get_main_option(
         "sqlalchemy.url"
-    ) or _settings_database_url()
-
-
-def _settings_database_url() -> str:
-    """DATABASE_URL from the settings, all of them checked, as the other processes do."""
-    try:
-        return load_settings().database_url
-    except ConfigError as error:
-        print(f"trustcard: configuration error: {error}", file=sys.stderr, flush=True)
-        sys.exit(3)
+    ) or load_settings_or_exit("trustcard").database_url  # all of them checked, as the web does
 
 
 def run_migrations_offline() -> None:

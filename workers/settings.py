@@ -13,25 +13,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-import sys
 import time
 
-from dotenv import load_dotenv
-
 from trustcard.catalogue import QUEUE_NAMES
-from trustcard.config import Settings, load_settings
+from trustcard.config import Settings, load_settings_or_exit
 from trustcard.connections import REDIS_DOWN_ERRORS, redis_client, worker_redis_url
-from trustcard.exceptions import ConfigError
 from trustcard.logs import configure_logging, redacted_url
 
-load_dotenv(override=False)
-
-try:
-    _settings = load_settings()
-except ConfigError as error:
-    print(f"trustcard worker: configuration error: {error}", file=sys.stderr, flush=True)
-    sys.exit(3)
-
+_settings = load_settings_or_exit("trustcard worker")
 configure_logging(_settings)
 REDIS_URL = worker_redis_url(_settings)
 QUEUES = list(QUEUE_NAMES)

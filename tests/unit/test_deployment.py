@@ -4,7 +4,8 @@ The Procfile is the one source of the process commands: compose.yaml must run th
 lines, scripts/run must read them from the Procfile, and the worker line must serve
 every queue of the catalogue with our worker class and the JSON serializer. The
 settings documented in .env.example must be exactly the ones the code reads, with the
-code's defaults. None of this needs a service or a Docker engine.
+code's defaults, and .env.example and the README's settings tables must be what the
+declarations write. None of this needs a service or a Docker engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import runpy
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,17 @@ import yaml
 from dotenv import dotenv_values
 
 from trustcard.catalogue import QUEUE_NAMES
-from trustcard.config import Settings, load_settings
+from trustcard.cli.main import DEFAULT_URL
+from trustcard.config import PROCESS_VARIABLES, Settings, load_settings
+from trustcard.config.documents import env_example as written_env_example
+from trustcard.config.documents import markdown_tables, readme_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("scripts/run", "scripts/test", ".ci/run")
 OTHER_VARIABLES = {
-    "FLASK_DEBUG": "trustcard/config.py refuses it in production",
+    "FLASK_DEBUG": "trustcard/config refuses it in production",
+    "PORT": "gunicorn.conf.py",
+    "WEB_CONCURRENCY": "gunicorn.conf.py",
     "WEB_THREADS": "gunicorn.conf.py",
     "WEB_CONNECTIONS": "gunicorn.conf.py",
     "WORKERS": "scripts/run",
@@ -171,6 +178,30 @@ def test_env_example_values_are_the_defaults(monkeypatch: pytest.MonkeyPatch) ->
     gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert gunicorn["bind"].endswith(f":{values['PORT']}")
     assert (gunicorn["workers"], gunicorn["threads"]) == (int(values["WEB_CONCURRENCY"]), int(values["WEB_THREADS"]))
+
+
+def test_the_variables_that_are_not_settings_are_declared_beside_them() -> None:
+    assert {variable.name for variable in PROCESS_VARIABLES} == set(OTHER_VARIABLES)
+    assert env_example()["TRUSTCARD_URL"] == DEFAULT_URL  # the command line's own default
+
+
+def test_env_example_is_what_the_declarations_write() -> None:
+    committed = (ROOT / ".env.example").read_text()
+    assert committed == written_env_example(), "run `python -m trustcard.config --write` and commit .env.example"
+
+
+def test_readme_settings_tables_are_what_the_declarations_write() -> None:
+    committed = readme_tables((ROOT / "README.md").read_text())
+    assert committed == markdown_tables(), "run `python -m trustcard.config --write` and commit README.md"
+
+
+def test_a_bad_port_stops_gunicorns_config_with_one_sentence_and_status_3() -> None:
+    env = {**os.environ, "PORT": "http"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "gunicorn.conf.py")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 3
+    assert done.stderr == "trustcard: configuration error: PORT must be a whole number, got 'http'.\n"
 
 
 # --- scripts --------------------------------------------------------------------------

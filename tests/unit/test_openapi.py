@@ -25,12 +25,22 @@ from werkzeug.datastructures import Headers
 from werkzeug.routing import Rule
 
 from trustcard.api import schemas
+from trustcard.api.error_answers import error_model, exception_classes
+from trustcard.api.openapi_document import build_document
+from trustcard.api.operations import Answer, Operation, documented
 from trustcard.api.auth import rate_limit_key
 from trustcard.api.app import create_app
 from trustcard.catalogue import JOB_TYPES
 from trustcard.config import load_settings
+from trustcard.exceptions import (
+    PayloadTooLarge,
+    QueueFull,
+    RateLimited,
+    TaskAlreadyEnded,
+    ValidationFailed,
+)
 from trustcard.gunicorn_worker import REFUSAL_CODES
-from trustcard.task_service import TaskView
+from trustcard.task_view import TaskView
 
 API_KEY = "unit-test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -171,8 +181,53 @@ def test_add_is_documented_as_the_contract_says(open_app: Flask) -> None:
             assert headers[name]["required"] is True and headers[name]["schema"]["type"] == "integer", (status, name)
 
 
-def test_task_model_has_exactly_the_fields_of_taskview() -> None:
-    assert list(schemas.Task.model_fields) == [field.name for field in dataclasses.fields(TaskView)]
+def test_every_exception_answers_as_its_generated_model_says(keyed_app: Flask) -> None:
+    """The error models come from the exception classes; the answers come from the error
+    handler. Each class's answer (with its example's details) fits its model, with its
+    status and, when the class says so, Retry-After."""
+    classes = list(exception_classes())
+    assert {ValidationFailed, TaskAlreadyEnded, PayloadTooLarge, QueueFull} <= set(classes)
+    for error_class in classes:
+        raised = (
+            RateLimited("slow down", retry_after_seconds=7)
+            if error_class is RateLimited
+            else error_class("It went wrong.", **error_class.example)
+        )
+        with keyed_app.test_request_context():
+            answer = keyed_app.make_response(keyed_app.handle_user_exception(raised))
+        assert answer.status_code == error_class.status_code, error_class
+        body = answer.get_json()
+        assert body["error"] == error_class.code and body["message"] == raised.message
+        error_model(error_class).model_validate(body)
+        assert ("Retry-After" in answer.headers) == (error_class.retry_after_seconds is not None), error_class
+
+
+def test_every_error_example_fits_its_answer(tmp_path: Path) -> None:
+    with make_app(tmp_path, API_KEY=API_KEY, METRICS_TOKEN="scrape") as app:
+        document = document_of(app)
+    seen = set()
+    for path, method, operation in operations(document):
+        for status, answer in operation["responses"].items():
+            if int(status) < 400 or path == "/health":
+                continue
+            examples = answer["content"]["application/json"]["examples"]
+            assert examples, f"{method} {path} {status}"
+            for code, example in examples.items():
+                assert example["value"]["error"] == code and f"`{code}`" in answer["description"]
+                validate_against_document(document, path, method, int(status), example["value"])
+                seen.add(code)
+    assert {"unauthorized", "task_not_found", "validation_error", "queue_full", "rate_limited"} <= seen
+
+
+def test_a_route_must_declare_its_path_parameters(tmp_path: Path) -> None:
+    with make_app(tmp_path) as app:
+        @app.get("/extra/<thing_id>")
+        @documented(Operation("extra", "An extra route", "service", {200: Answer("Fine.")}))
+        def extra(thing_id: str) -> str:
+            return thing_id
+
+        with pytest.raises(ValueError, match="path parameters"):
+            build_document(app)
 
 
 def test_every_error_answer_has_the_error_shape(open_app: Flask) -> None:

@@ -8,7 +8,7 @@ from rq.job import JobStatus
 from trustcard.catalogue import BY_NAME
 from trustcard.exceptions import ValidationFailed
 from trustcard.status import TaskStatus, summarise_failure, task_status
-from trustcard.task_service import validate_params
+from trustcard.task_submission import validate_params
 
 ADD = BY_NAME["test.add"]
 SLEEP = BY_NAME["test.sleep"]

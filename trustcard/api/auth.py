@@ -21,11 +21,33 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from trustcard import logs
+from trustcard.api.operations import Guard, Header, Parameter
 from trustcard.config import SINGLE_API_KEY_NAME, Settings
 from trustcard.exceptions import Unauthorized
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9+/=-]{20,200}$")
+REQUEST_ID_PARAMETER = Parameter(
+    REQUEST_ID_HEADER,
+    "header",
+    "An id for this request, e.g. from a platform's router; kept when it is 20 to 200 characters "
+    "of A-Z a-z 0-9 + / = -, else replaced by a new one. Sent back in the answer.",
+    {"type": "string", "pattern": REQUEST_ID_PATTERN.pattern},
+)
+"""Taken by every operation (`start_request`)."""
+REQUEST_ID_ANSWER_HEADER = Header(
+    "This request's id: the one it brought when valid, else a new one.", REQUEST_ID_PARAMETER.schema
+)
+"""Sent on every answer (`finish_request`)."""
+API_KEY_GUARD = Guard(
+    "bearerAuth",
+    "The API_KEY setting. When it is set, every /tasks endpoint needs "
+    "'Authorization: Bearer <API_KEY>'; when it is not, they are open.",
+    lambda settings: settings.requires_api_key,
+    "The bearer token is missing or wrong",
+    optional_when_off=True,
+)
+"""`require_api_key`, as the OpenAPI document declares it on the task endpoints."""
 
 
 def _settings() -> Settings:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from trustcard.exceptions import RateLimited, ServiceUnavailable, TrustCardError
+from trustcard.exceptions import TrustCardError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def error_response(http_status: int, code: str, message: str, **details: Any) ->
 
 def _from_trustcard_error(error: TrustCardError) -> Response:
     response = error_response(error.status_code, error.code, error.message, **error.details)
-    if isinstance(error, (ServiceUnavailable, RateLimited)):
+    if error.retry_after_seconds is not None:  # ServiceUnavailable's and RateLimited's
         response.headers["Retry-After"] = str(error.retry_after_seconds)
     return response
 

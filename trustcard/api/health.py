@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from trustcard.api.operations import Answer, Operation, documented
+from trustcard.api.schemas import Health
 from trustcard.database import ping_database
 from trustcard.exceptions import QueueUnavailable
 
@@ -11,6 +13,18 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/health")
+@documented(
+    Operation(
+        "health",
+        "Is every part of the service answering?",
+        "service",
+        {
+            200: Answer("Redis and the database answer.", Health),
+            503: Answer("Redis or the database does not answer; `failing` names it.", Health),
+        },
+        description="Open: needs no API key.",
+    )
+)
 def health() -> tuple[Response, int]:
     service = current_app.extensions["trustcard.task_service"]
     body: dict[str, object] = {"status": "healthy"}

@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from redis.exceptions import RedisError
 
+from trustcard.api.operations import Answer, Guard, Operation, Raises, documented
 from trustcard.exceptions import QueueUnavailable, Unauthorized
 from trustcard.metrics import store
 from trustcard.metrics.collector import metrics_registry
@@ -25,6 +26,15 @@ bp = Blueprint("metrics", __name__)
 
 SUBMIT_ENDPOINT = "tasks.submit"
 """`POST /tasks/<job type route>`; a retry (`tasks.retry`) is not a submission."""
+METRICS_GUARD = Guard(
+    "metricsToken",
+    "The METRICS_TOKEN setting. When it is set, GET /metrics needs "
+    "'Authorization: Bearer <METRICS_TOKEN>'; when it is not, it is open.",
+    lambda settings: settings.metrics_token is not None,
+    "The bearer token is not METRICS_TOKEN",
+    optional_when_off=False,
+)
+"""`_require_token`, as the OpenAPI document declares it."""
 
 
 def init_app(app: Flask) -> None:
@@ -40,6 +50,25 @@ def init_app(app: Flask) -> None:
 
 
 @bp.get("/metrics")
+@documented(
+    Operation(
+        "metrics",
+        "Metrics for Prometheus",
+        "service",
+        {
+            200: Answer(
+                "Prometheus' text format: queue depths and oldest job ages, tasks ended by type and outcome, "
+                "task durations, workers by state, submissions by outcome.",
+                {"type": "string"},
+                media_type=CONTENT_TYPE_PLAIN_0_0_4,
+            )
+        },
+        description="Figures kept in Redis, so every web process answers with the same numbers. Needs "
+        "'Authorization: Bearer <METRICS_TOKEN>' when that setting is set; open otherwise.",
+        raises=(Raises(QueueUnavailable, "Redis, which keeps the figures, is unreachable"),),
+        guard=METRICS_GUARD,
+    )
+)
 def metrics() -> Response:
     _require_token()
     try:

@@ -23,6 +23,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from trustcard.api.auth import rate_limit_key
+from trustcard.api.operations import Header
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS
 from trustcard.exceptions import RateLimited
@@ -31,6 +32,13 @@ from trustcard.metrics.store import SUBMISSIONS_KEY
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "trustcard:ratelimit:"
+_COUNT = {"type": "integer", "minimum": 0}
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": Header("How many submissions this client may make at once (the bucket's size).", _COUNT),
+    "RateLimit-Remaining": Header("How many it may make now, before it is refused.", _COUNT),
+    "RateLimit-Reset": Header("Seconds until the bucket is full again.", _COUNT),
+}
+"""What `BucketState.headers` sends, as the OpenAPI document declares it."""
 SUBMIT_ENDPOINT = "tasks.submit"
 _TAKE = """
 local rate = tonumber(ARGV[1])

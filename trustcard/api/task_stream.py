@@ -22,18 +22,34 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from trustcard.api.operations import Parameter
 from trustcard.exceptions import QueueUnavailable, ValidationFailed
 from trustcard.status import TaskStatus
 
 if TYPE_CHECKING:
     from trustcard.api.event_hub import EventHub, Waiter
-    from trustcard.task_service import TaskService, TaskView
+    from trustcard.task_service import TaskService
+    from trustcard.task_view import TaskView
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 25.0
 """Under the 30 s a platform's router gives a request to answer."""
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
+WAIT_PARAMETER = Parameter(
+    "wait",
+    "query",
+    "Seconds to wait for the task's end before answering (more than 0, at most 25).",
+    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS},
+)
+"""`?wait=N`, read by `wait_seconds`."""
+LAST_EVENT_ID_PARAMETER = Parameter(
+    LAST_EVENT_ID_HEADER,
+    "header",
+    "The id of the last event a reconnecting client received.",
+    {"type": "string", "pattern": "^[0-9]+$"},
+)
+"""Read by `last_event_id`."""
 HEARTBEAT = b": keep-alive\n\n"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 RECHECK_SECONDS = 60.0
