@@ -62,7 +62,7 @@ def relaxed(worker_class: type) -> type:
 
         asked = self.__dict__.pop("_rq_contract_asked")
         kwargs["serializer"] = asked.get("serializer")
-        kwargs["job_class"] = asked.get("job_class") or Job
+        kwargs["job_class"] = asked.get("job_class") or _declared_job_class(type(self), worker_class) or Job
         rq_base.__init__(self, *args, **kwargs)
 
     shim = type("RQContractShim", (rq_base,), {"__init__": shim_init})
@@ -72,6 +72,15 @@ def relaxed(worker_class: type) -> type:
         worker_class.__init__(self, *args, **kwargs)
 
     return type(worker_class.__name__, (worker_class, shim), {"__init__": outer_init, "__module__": worker_class.__module__})
+
+
+def _declared_job_class(cls: type, worker_class: type) -> type | None:
+    """A `job_class` declared by a subclass (RQ's tests make some) or by RQ, not by our worker."""
+    ours = [klass for klass in worker_class.__mro__ if not klass.__module__.startswith("rq.")]
+    for klass in cls.__mro__:
+        if "job_class" in klass.__dict__ and klass not in ours:
+            return klass.__dict__["job_class"]
+    return None
 
 
 def _point_rq_at(worker_class: type) -> None:
