@@ -28,7 +28,7 @@ from trustcard.config import load_settings
 from trustcard.metrics import store
 from trustcard.metrics.outcomes import TaskOutcome
 from tests.unit.test_api import RoundTrips
-from workers.worker import TrustCardWorker
+from workers.supervisor import JobProcessSupervisor
 
 SECRET = "whsec-unit-test"
 PUBLIC = "93.184.216.34"
@@ -299,7 +299,7 @@ def test_a_task_failing_for_good_queues_its_delivery_in_rqs_failure_transaction(
     """test.fail retries once: the retry is no end (no delivery); the final failure is."""
     task_id = submitted_with_callback(signed_private_app)
     queue = Queue("analysis", connection=fake_redis, serializer=JSONSerializer)
-    worker = TrustCardWorker([queue], connection=fake_redis)
+    worker = JobProcessSupervisor([queue], connection=fake_redis)
     for _ in range(2):
         job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
         with fake_redis.pipeline() as pipeline:
