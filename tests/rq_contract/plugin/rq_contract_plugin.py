@@ -23,12 +23,12 @@ TEST_TIMEOUT_SECONDS = 30.0
 """Longest a test may run: stock RQ's slowest takes a few seconds; ours may hang instead of fail."""
 
 
-class TestTimedOut(BaseException):
+class TimedOut(BaseException):
     """Raised in a test that ran past `TEST_TIMEOUT_SECONDS` (a BaseException, so no worker swallows it)."""
 
 
 def _on_timeout(signum: int, frame: FrameType | None) -> None:
-    raise TestTimedOut(f"the test ran past {TEST_TIMEOUT_SECONDS:.0f} s")
+    raise TimedOut(f"the test ran past {TEST_TIMEOUT_SECONDS:.0f} s")
 
 
 @pytest.hookimpl(wrapper=True)
