@@ -25,6 +25,7 @@ from trustcard.callback_urls import CallbackURLRefused, address_problem, check_c
 from trustcard.callbacks import CALLBACK_FIELD, CommandRecorder, delivery_commands, signature
 from trustcard.catalogue import WEBHOOK_DELIVERY
 from trustcard.config import load_settings
+from trustcard import task_ends
 from trustcard.metrics import store
 from trustcard.metrics.outcomes import TaskOutcome
 from tests.unit.test_api import RoundTrips
@@ -273,7 +274,7 @@ def test_no_callback_no_delivery_commands(fake_redis: fakeredis.FakeRedis) -> No
         "workers.diagnostics.add", kwargs={"x": 1, "y": 2}, meta={"job_type": "test.add"}
     )
     assert delivery_commands(job) == []
-    assert not any("webhooks" in str(command) for command in store.job_end_commands(job, TaskOutcome.COMPLETED))
+    assert not any("webhooks" in str(command) for command in task_ends.job_end_commands(job, TaskOutcome.COMPLETED))
 
 
 def test_the_end_commands_queue_a_delivery_job_that_rq_reads_back(
@@ -281,7 +282,7 @@ def test_the_end_commands_queue_a_delivery_job_that_rq_reads_back(
 ) -> None:
     task_id = submitted_with_callback(signed_private_app)
     job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
-    commands = store.job_end_commands(job, TaskOutcome.COMPLETED, timed=False)
+    commands = task_ends.job_end_commands(job, TaskOutcome.COMPLETED, timed=False)
     json.dumps(commands)  # they travel as JSON into the end's Lua script
     assert store.run_count(fake_redis, commands)
     [delivery] = delivery_jobs(fake_redis)

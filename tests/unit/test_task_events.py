@@ -30,7 +30,7 @@ from trustcard.api.app import create_app
 from trustcard.config import load_settings
 from trustcard.exceptions import QueueUnavailable
 from trustcard.metrics.outcomes import TaskOutcome
-from trustcard.metrics.store import job_end_commands
+from trustcard.task_ends import job_end_commands
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from rq.worker import WorkerStatus
 
 from trustcard import rq_seams
 from trustcard.metrics.outcomes import TaskOutcome
-from trustcard.metrics.store import job_end_commands
+from trustcard.task_ends import job_end_commands
 from workers.supervisor.bookkeeping import CommandBatch
 
 

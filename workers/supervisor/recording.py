@@ -35,7 +35,7 @@ from rq.worker import Worker
 
 from trustcard import failures, rq_seams
 from trustcard.config import load_settings
-from trustcard.metrics import store as metrics
+from trustcard import task_ends
 from trustcard.metrics.ends import count_if_abandoned
 from trustcard.metrics.outcomes import TaskOutcome
 from trustcard.status import summarise_failure
@@ -187,7 +187,7 @@ class RecordingWorker(Worker):
         (again when it retries a transaction after a WatchError): the count joins it there."""
         super().cleanup_execution(job, pipeline, execution)
         if self._ending is not None and self._ending[0] == job.id:
-            metrics.add_end(pipeline, job, self._ending[1])
+            task_ends.add_end(pipeline, job, self._ending[1])
 
     # --- surviving Redis outages ----------------------------------------------------------
 
