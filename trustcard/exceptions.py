@@ -14,11 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from trustcard.config.errors import ConfigError as ConfigError  # re-exported for entry points
 from trustcard.status import TaskStatus
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message is one sentence naming it."""
 
 
 class TrustCardError(Exception):

@@ -27,7 +27,7 @@ from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from tests.rq_contract.suite import STOCK_WORKER, procfile_worker_class, run_suite
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # RQ's whole suite: about 3 minutes on 2 cores
 
 
 @pytest.fixture

@@ -199,3 +199,16 @@ def test_a_declared_default_is_the_settings_default() -> None:
     defaults = Settings()
     for declared in dataclasses.fields(Settings):
         assert getattr(defaults, declared.name) == VARIABLES[declared.name.upper()].kind.default
+
+
+def test_reading_settings_imports_nothing_that_imports_ssl() -> None:
+    """gunicorn.conf.py reads its variables through trustcard.config in the master, before
+    the gevent worker monkey-patches: an `ssl` imported there makes gevent warn on stderr
+    at every boot (breaking LOG_FORMAT=json's one-JSON-object-per-line) and patch too late."""
+    code = (
+        "import sys, trustcard.config;"
+        "loaded = [name for name in ('ssl', 'redis', 'rq', 'pydantic', 'gevent') if name in sys.modules];"
+        "print(','.join(loaded))"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == "", f"trustcard.config loaded {ran.stdout.strip()}"

@@ -10,7 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from trustcard.exceptions import ConfigError
+from trustcard.config.errors import ConfigError
 
 SINGLE_API_KEY_NAME = "api-key"
 """The client name under which the single `API_KEY` is known."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from trustcard.exceptions import ConfigError
+from trustcard.config.errors import ConfigError
 
 T_co = TypeVar("T_co", covariant=True)
 _TRUE = ("1", "true", "yes", "on")

@@ -21,7 +21,7 @@ from dotenv import load_dotenv
 from trustcard.config.api_keys import with_single_key
 from trustcard.config.declarations import DEFAULT_SOFT_TIMEOUT, VARIABLES, Settings
 from trustcard.config.kinds import is_off
-from trustcard.exceptions import ConfigError
+from trustcard.config.errors import ConfigError
 
 EXIT_CONFIG_ERROR = 3
 """Exit status of a process stopped by a bad setting; gunicorn's master reads 3 as "the
