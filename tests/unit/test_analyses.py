@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,16 @@ def test_a_database_that_does_not_answer_is_a_503(client: FlaskClient, app: Flas
     response = client.get("/analyses/some-id")
     assert response.status_code == 503 and response.get_json()["error"] == "database_unavailable"
     assert response.headers["Retry-After"] == "5"
+
+
+def test_wait_answers_at_the_end_or_after_n_seconds(client: FlaskClient, redis: fakeredis.FakeRedis) -> None:
+    analysis = submit(client)
+    started = time.monotonic()
+    waited = client.get(f"/analyses/{analysis['id']}?wait=0.5").get_json()
+    assert waited["status"] == "pending" and time.monotonic() - started >= 0.4
+    work(redis)
+    started = time.monotonic()
+    assert client.get(f"/analyses/{analysis['id']}?wait=20").get_json()["status"] == "completed"
+    assert time.monotonic() - started < 1
+    refused = client.get(f"/analyses/{analysis['id']}?wait=30")
+    assert refused.status_code == 422 and refused.get_json()["problems"][0]["parameter"] == "wait"

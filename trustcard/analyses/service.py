@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -46,6 +47,8 @@ R = TypeVar("R")
 SUBMISSION = JobType(name="analyses", function="", params=NoParams, summary="POST /analyses", internal=True)
 """What an Idempotency-Key of an analysis is claimed for (never enqueued)."""
 CANCELLED = "Cancelled on request."
+ENDED = ("completed", "failed", "cancelled")
+WAIT_POLL_SECONDS = 0.2
 
 
 def database_required(method: Callable[P, R]) -> Callable[P, R]:
@@ -154,6 +157,16 @@ class AnalysisService:
     @database_required
     def get(self, analysis_id: str) -> dict[str, Any]:
         return analysis_view(self._reconciled(self._row(analysis_id)))
+
+    def wait_for_end(self, analysis_id: str, seconds: float) -> dict[str, Any]:
+        """The analysis once it has ended, or after `seconds` as it is then. The row is read
+        every `WAIT_POLL_SECONDS` (one indexed read; under gevent the sleep yields)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            view = self.get(analysis_id)
+            if view["status"] in ENDED or time.monotonic() + WAIT_POLL_SECONDS > deadline:
+                return view
+            time.sleep(WAIT_POLL_SECONDS)
 
     def _row(self, analysis_id: str) -> Analysis:
         row = records.read(self.engine, analysis_id) if len(analysis_id) <= 64 else None

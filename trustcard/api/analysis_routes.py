@@ -12,6 +12,7 @@ from trustcard.api.auth import API_KEY_GUARD, client_identity, request_id, requi
 from trustcard.api.operations import Answer, Header, Operation, Parameter, Raises, documented
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.task_routes import IDEMPOTENCY_KEY, _idempotency_key
+from trustcard.api.task_stream import MAX_WAIT_SECONDS, wait_seconds
 from trustcard.exceptions import (
     AnalysisAlreadyEnded,
     AnalysisNotFound,
@@ -119,13 +120,21 @@ def history() -> Response:
         "Read an analysis",
         "analyses",
         {200: Answer("Its status, its stages in order, progress and result.", schemas.Analysis)},
-        parameters=(ANALYSIS_ID,),
-        raises=(AnalysisNotFound, DatabaseUnavailable),
+        description="With `wait=N`, a long poll: answers as soon as the analysis ends, else after N seconds "
+        "with its state then.",
+        parameters=(ANALYSIS_ID, Parameter(
+            "wait", "query", f"Seconds to wait for the analysis's end before answering (more than 0, at most "
+            f"{MAX_WAIT_SECONDS:g}).", {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS})),
+        raises=(AnalysisNotFound, Raises(ValidationFailed, "`wait` is not a number of seconds in (0, 25]"),
+                DatabaseUnavailable),
         guard=API_KEY_GUARD,
     )
 )
 def read(analysis_id: str) -> Response:
-    return jsonify(_service().get(analysis_id))
+    wait = wait_seconds(request.args.get("wait"))
+    if wait is None:
+        return jsonify(_service().get(analysis_id))
+    return jsonify(_service().wait_for_end(analysis_id, wait))
 
 
 @bp.delete("/<analysis_id>")
