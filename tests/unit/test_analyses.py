@@ -12,6 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
 from sqlalchemy.exc import OperationalError
 
@@ -329,3 +331,26 @@ def test_wait_answers_at_the_end_or_after_n_seconds(client: FlaskClient, redis: 
     assert time.monotonic() - started < 1
     refused = client.get(f"/analyses/{analysis['id']}?wait=30")
     assert refused.status_code == 422 and refused.get_json()["problems"][0]["parameter"] == "wait"
+
+
+def test_a_stage_whose_job_failed_without_recording_fails_the_analysis_when_read(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis
+) -> None:
+    """As when its worker killed it at the hard limit: the stage never wrote its end."""
+    analysis = submit(client)
+    engine = app.extensions["trustcard.engine"]
+
+    def start(row: Any, entries: records.StageEntries) -> str:
+        row.status = "running"
+        entries[0]["status"] = "running"
+        return str(entries[0]["job_id"])
+
+    job_id = records.change(engine, analysis["id"], start)
+    job = Job.fetch(str(job_id), connection=redis, serializer=JSONSerializer)
+    with redis.pipeline() as pipeline:
+        record_job_failure(job, "JobTimeoutException: killed at its hard limit of 90 s", pipeline)
+        pipeline.execute()
+    failed = read(client, analysis["id"])
+    assert (failed["status"], failed["failed_stage"]) == ("failed", "content"), failed
+    assert "killed at its hard limit of 90 s" in failed["error"]
+    assert failed["stages"][0]["status"] == "failed"
