@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,3 +355,31 @@ def test_a_stage_whose_job_failed_without_recording_fails_the_analysis_when_read
     assert (failed["status"], failed["failed_stage"]) == ("failed", "content"), failed
     assert "killed at its hard limit of 90 s" in failed["error"]
     assert failed["stages"][0]["status"] == "failed"
+
+
+def test_events_stream_the_state_each_change_and_the_end(
+    client: FlaskClient, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustcard.api import analysis_stream
+
+    analysis = submit(client)
+    polls = {"count": 0}
+    real_sleep = analysis_stream.time.sleep
+
+    def step(seconds: float) -> None:  # each poll of the stream lets one job run
+        polls["count"] += 1
+        worker = SimpleWorker([Queue(n, connection=redis, serializer=JSONSerializer) for n in QUEUE_NAMES],
+                              connection=redis, serializer=JSONSerializer)
+        worker.work(burst=True, max_jobs=1)
+        real_sleep(0)
+
+    monkeypatch.setattr(analysis_stream.time, "sleep", step)
+    response = client.get(f"/analyses/{analysis['id']}/events")
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    events = [block for block in response.get_data(as_text=True).split("\n\n") if block.startswith("event:")]
+    names = [block.splitlines()[0].removeprefix("event: ") for block in events]
+    assert names[0] == "state" and names[-1] == "end" and set(names[1:-1]) == {"update"}
+    assert [int(block.splitlines()[1].removeprefix("id: ")) for block in events] == list(range(1, len(events) + 1))
+    assert json.loads(events[-1].splitlines()[2].removeprefix("data: "))["status"] == "completed"
+    assert len(names) == 6  # state, one update per stage before the last, end
+    assert client.get("/analyses/nope/events").status_code == 404

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
 
 from trustcard.analyses.listing import MAX_PAGE, STATUSES
 from trustcard.analyses.service import AnalysisService
@@ -12,7 +12,8 @@ from trustcard.api.auth import API_KEY_GUARD, client_identity, request_id, requi
 from trustcard.api.operations import Answer, Header, Operation, Parameter, Raises, documented
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.task_routes import IDEMPOTENCY_KEY, _idempotency_key
-from trustcard.api.task_stream import MAX_WAIT_SECONDS, wait_seconds
+from trustcard.api.analysis_stream import analysis_events
+from trustcard.api.task_stream import MAX_WAIT_SECONDS, STREAM_HEADERS, wait_seconds
 from trustcard.exceptions import (
     AnalysisAlreadyEnded,
     AnalysisNotFound,
@@ -135,6 +136,34 @@ def read(analysis_id: str) -> Response:
     if wait is None:
         return jsonify(_service().get(analysis_id))
     return jsonify(_service().wait_for_end(analysis_id, wait))
+
+
+@bp.get("/<analysis_id>/events")
+@documented(
+    Operation(
+        "analysis_events",
+        "Follow an analysis as Server-Sent Events",
+        "analyses",
+        {
+            200: Answer(
+                "Server-Sent Events until the analysis ends: `event: state` (the analysis, as GET "
+                "/analyses/{analysis_id} answers it) at once, `event: update` each time its record changes (a "
+                "stage starts or ends), `event: end` with the final view, then the stream closes. A comment "
+                "(`: keep-alive`) every EVENTS_HEARTBEAT_SECONDS while nothing changes.",
+                {"type": "string"},
+                media_type="text/event-stream",
+            ),
+        },
+        parameters=(ANALYSIS_ID,),
+        raises=(AnalysisNotFound, DatabaseUnavailable),
+        guard=API_KEY_GUARD,
+    )
+)
+def events(analysis_id: str) -> Response:
+    first = _service().get(analysis_id)  # before the answer starts: an unknown id is a 404
+    heartbeat = current_app.config["TRUSTCARD_SETTINGS"].events_heartbeat_seconds
+    stream = analysis_events(_service(), first, heartbeat)
+    return Response(stream_with_context(stream), mimetype="text/event-stream", headers=STREAM_HEADERS)
 
 
 @bp.delete("/<analysis_id>")
