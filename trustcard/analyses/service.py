@@ -164,9 +164,10 @@ class AnalysisService:
         deadline = time.monotonic() + seconds
         while True:
             view = self.get(analysis_id)
-            if view["status"] in ENDED or time.monotonic() + WAIT_POLL_SECONDS > deadline:
+            remaining = deadline - time.monotonic()
+            if view["status"] in ENDED or remaining <= 0:
                 return view
-            time.sleep(WAIT_POLL_SECONDS)
+            time.sleep(min(WAIT_POLL_SECONDS, remaining))
 
     def _row(self, analysis_id: str) -> Analysis:
         row = records.read(self.engine, analysis_id) if len(analysis_id) <= 64 else None
