@@ -106,7 +106,21 @@ ANALYSIS_STAGE = JobType(
 """Each stage's job: its queue, limits and retries come from its stage declaration
 (`trustcard.analyses.stages`) when it is enqueued, not from here."""
 
-ALL_JOB_TYPES: tuple[JobType, ...] = (WEBHOOK_DELIVERY, *JOB_TYPES, ANALYSIS_STAGE)
+ANALYSIS_DELIVERY = JobType(
+    name="analyses.deliver",
+    function="workers.analysis_webhooks.deliver",
+    params=NoParams,
+    summary="POST an ended analysis to its Callback-URL, signed; retried as task deliveries are.",
+    queue=WEBHOOKS_QUEUE,
+    soft_timeout=WEBHOOK_DELIVERY.soft_timeout,
+    hard_timeout=WEBHOOK_DELIVERY.hard_timeout,
+    result_ttl=WEBHOOK_DELIVERY.result_ttl,
+    retries=WEBHOOK_DELIVERY.retries,
+    retry_backoff=WEBHOOK_DELIVERY.retry_backoff,
+    internal=True,
+)
+
+ALL_JOB_TYPES: tuple[JobType, ...] = (WEBHOOK_DELIVERY, *JOB_TYPES, ANALYSIS_STAGE, ANALYSIS_DELIVERY)
 BY_NAME: dict[str, JobType] = {job_type.name: job_type for job_type in ALL_JOB_TYPES}
 BY_FUNCTION: dict[str, JobType] = {job_type.function: job_type for job_type in ALL_JOB_TYPES}
 _USED_QUEUES = {job_type.queue for job_type in ALL_JOB_TYPES} | {stage.queue for stage in DEFAULT_STAGES}

@@ -55,6 +55,9 @@ class Analysis(Base):
     failed_stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
     trust_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     submitted_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    callback: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """`{"url", "status", "attempts", "last_error"}` once the analysis has ended; None before."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -22,6 +22,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from trustcard.analyses import records
+from trustcard.analyses.callback import deliver_if_ended
 from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
 from trustcard.analyses.stages import TRUST_STAGE, Stage, find
 from trustcard.config import load_settings
@@ -81,6 +82,8 @@ def run_stage(analysis_id: str, stage: str) -> dict[str, Any]:
         )
     if next_job is not None:
         _hand_off(job, analysis_id, *next_job)
+    else:
+        deliver_if_ended(engine, _connection(job), analysis_id)
     return {"analysis_id": analysis_id, "stage": stage, "ran": action == "run"}
 
 
@@ -105,6 +108,8 @@ def _record_failure(engine: Any, declared: Stage, job: Job | None, analysis_id: 
         engine, analysis_id, lambda row, entries: _fail(row, entries, declared.name, reason, final),
         _write_deadline(declared),
     )
+    if final:
+        deliver_if_ended(engine, _connection(job), analysis_id)
 
 
 def _entry(entries: records.StageEntries, stage: str) -> dict[str, Any]:
@@ -167,12 +172,16 @@ def _fail(row: Analysis, entries: records.StageEntries, stage: str, reason: str,
         row.error = f"Stage {stage} failed: {reason}"
 
 
+def _connection(job: Job | None) -> Any:
+    return job.connection if job is not None else redis_client(load_settings())
+
+
 def _hand_off(job: Job | None, analysis_id: str, stage_name: str, job_id: str) -> None:
     """Enqueue the next stage's job (once: an id already in Redis is left as it is)."""
     stage = find(stage_name)
     if stage is None:
         raise UnknownStage(f"Stage {stage_name!r} is not registered in this worker.")
-    connection = job.connection if job is not None else redis_client(load_settings())
+    connection = _connection(job)
     if connection.exists(Job.key_for(job_id)):
         return
     settings = load_settings()

@@ -32,6 +32,8 @@ def upgrade() -> None:
     sa.Column('failed_stage', sa.String(length=64), nullable=True),
     sa.Column('trust_score', sa.Float(), nullable=True),
     sa.Column('submitted_by', sa.String(length=255), nullable=True),
+    sa.Column('callback_url', sa.String(length=2048), nullable=True),
+    sa.Column('callback', sa.JSON(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('ended_at', sa.DateTime(timezone=True), nullable=True),

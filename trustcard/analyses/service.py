@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from trustcard.analyses import listing, records
+from trustcard.analyses.callback import deliver_if_ended
 from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
 from trustcard.analyses.stages import find, stages
 from trustcard.analyses.urls import PostURLRefused, parse_post_url
@@ -38,7 +39,7 @@ from trustcard.exceptions import (
 from trustcard.models import Analysis
 from trustcard.params import NoParams
 from trustcard.task_service import TaskService, redis_required
-from trustcard.task_submission import IdempotencyKeys
+from trustcard.task_submission import IdempotencyKeys, check_callback
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -93,17 +94,19 @@ class AnalysisService:
     @database_required
     @redis_required
     def submit(self, url: object, idempotency_key: str | None, *, submitted_by: str | None,
-               request_id: str | None) -> Submitted:
+               request_id: str | None, callback_url: str | None = None) -> Submitted:
         canonical, shortcode = post_url(url)
+        if callback_url is not None:
+            check_callback(callback_url, self.settings)
         analysis_id = new_job_id()
         keys = IdempotencyKeys(self.connection)
         if idempotency_key is not None:
             earlier = keys.claim(idempotency_key, analysis_id, SUBMISSION, {"url": canonical},
-                                 self.settings.result_ttl, None)
+                                 self.settings.result_ttl, callback_url)
             if earlier is not None and (row := records.read(self.engine, earlier)) is not None:
                 return Submitted(analysis_view(row), created=False, replayed=True)
         try:
-            row = self._create(analysis_id, canonical, shortcode, submitted_by, request_id)
+            row = self._create(analysis_id, canonical, shortcode, submitted_by, request_id, callback_url)
         except BaseException:
             if idempotency_key is not None:
                 keys.release(idempotency_key, analysis_id)
@@ -113,7 +116,7 @@ class AnalysisService:
         return Submitted(analysis_view(row), created=row.id == analysis_id)
 
     def _create(self, analysis_id: str, url: str, shortcode: str, submitted_by: str | None,
-                request_id: str | None) -> Analysis:
+                request_id: str | None, callback_url: str | None) -> Analysis:
         """A new row and its first stage's job, or the analysis of `url` under way."""
         if (active := records.active_for(self.engine, url)) is not None:
             return active
@@ -122,7 +125,7 @@ class AnalysisService:
         entries[0]["job_id"] = first_job
         now = records.utcnow()
         row = Analysis(id=analysis_id, url=url, shortcode=shortcode, status="pending", stages=entries,
-                       submitted_by=submitted_by, created_at=now, updated_at=now)
+                       submitted_by=submitted_by, callback_url=callback_url, created_at=now, updated_at=now)
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 session.add(row)
@@ -196,6 +199,7 @@ class AnalysisService:
                 locked.error = f"Stage {entry['name']} failed: {task.error}"
 
         records.change(self.engine, row.id, apply)
+        deliver_if_ended(self.engine, self.connection, row.id)
         return self._row(row.id)
 
     @database_required
@@ -228,6 +232,7 @@ class AnalysisService:
                 self.tasks.cancel(job_id)
             except (TaskNotFound, TaskAlreadyEnded):
                 pass  # never enqueued yet, or ended in the same moment: its stage reads the row
+        deliver_if_ended(self.engine, self.connection, analysis_id)
         log.info("analysis %s cancelled", analysis_id)
         return analysis_view(self._row(analysis_id))
 
@@ -251,6 +256,7 @@ class AnalysisService:
                              started_at=None, ended_at=None)
             entries[resume]["job_id"] = job_id
             row.status, row.error, row.failed_stage, row.ended_at = "pending", None, None, None
+            row.callback = None  # delivered again at its next end
             return str(entries[resume]["name"])
 
         try:

@@ -43,6 +43,9 @@ def analysis_view(row: Analysis) -> dict[str, Any]:
         "error": row.error,
         "failed_stage": row.failed_stage,
         "submitted_by": row.submitted_by,
+        "callback": row.callback if row.callback is not None else (
+            {"url": row.callback_url, "status": "waiting", "attempts": 0, "last_error": None}
+            if row.callback_url else None),
         "created_at": _time(row.created_at),
         "updated_at": _time(row.updated_at),
         "ended_at": _time(row.ended_at),

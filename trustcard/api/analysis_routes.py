@@ -12,6 +12,7 @@ from trustcard.api.auth import API_KEY_GUARD, client_identity, request_id, requi
 from trustcard.api.operations import Answer, Header, Operation, Parameter, Raises, documented
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.task_routes import IDEMPOTENCY_KEY, _idempotency_key
+from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH as MAX_CALLBACK_LENGTH
 from trustcard.api.analysis_stream import analysis_events
 from trustcard.api.task_stream import MAX_WAIT_SECONDS, STREAM_HEADERS, wait_seconds
 from trustcard.exceptions import (
@@ -39,7 +40,6 @@ URL_RULES = (
     "m.instagram.com; path /p/<shortcode>/, /reel/<shortcode>/ or /tv/<shortcode>/. Query and fragment "
     "are dropped; it is kept as https://www.instagram.com/p/<shortcode>/."
 )
-URL_REFUSED = Raises(ValidationFailed, "The URL is not an Instagram post: the problem says what is wrong with it")
 
 
 def _service() -> AnalysisService:
@@ -63,9 +63,15 @@ def _location(analysis_id: str) -> dict[str, str]:
                         schemas.Analysis, headers={"Location": LOCATION}),
         },
         description="Body `{\"url\": ...}`. " + URL_RULES,
-        parameters=(IDEMPOTENCY_KEY,),
+        parameters=(IDEMPOTENCY_KEY, Parameter(
+            CALLBACK_HEADER, "header",
+            "An http(s) URL: when the analysis ends (completed, failed or cancelled), its final view (as GET "
+            "/analyses/{analysis_id} answers it) is POSTed there, signed and retried as task callbacks are "
+            "(`TrustCard-Signature`); the analysis's `callback` shows each attempt. Refused with 422 as for tasks.",
+            {"type": "string", "format": "uri", "maxLength": MAX_CALLBACK_LENGTH})),
         raises=(Raises(BadRequest, "The body is not a JSON object with `url`"), IdempotencyKeyReused,
-                PayloadTooLarge, URL_REFUSED, QueueUnavailable, DatabaseUnavailable),
+                PayloadTooLarge, Raises(ValidationFailed, "The URL is not an Instagram post (the problem says "
+                                        "what is wrong with it), or the Callback-URL is refused"), QueueUnavailable, DatabaseUnavailable),
         guard=API_KEY_GUARD,
         rate_limited=True,
     )
@@ -77,7 +83,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     if "url" not in body:
         raise ValidationFailed("url is required.", problems=[{"parameter": "url", "problem": "is required"}])
     submitted = _service().submit(body["url"], _idempotency_key(), submitted_by=client_identity(),
-                                  request_id=request_id())
+                                  request_id=request_id(), callback_url=request.headers.get(CALLBACK_HEADER))
     headers = _location(submitted.analysis["id"])
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -57,6 +57,9 @@ class Analysis(BaseModel):
     error: str | None = Field(description="Why it failed: the stage and its reason.")
     failed_stage: str | None
     submitted_by: str | None
+    callback: dict[str, Any] | None = Field(
+        description="With a Callback-URL: `{\"url\", \"status\", \"attempts\", \"last_error\"}`, status `waiting` "
+        "until the analysis ends, then pending, retrying, delivered or failed; null without one.")
     created_at: str
     updated_at: str
     ended_at: str | None
