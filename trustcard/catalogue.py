@@ -1,7 +1,7 @@
 """The catalogue of job types: each declared once, with its queue, function and limits.
 
 The web enqueues by the dotted `function` path and never imports job code; workers
-run only functions named here (see `workers.worker`). The Procfile, compose.yaml and
+run only functions named here (see `workers.job.CatalogueJob`). The Procfile, compose.yaml and
 the worker settings take their queue names from `QUEUE_NAMES`, and a test proves it.
 `JOB_TYPES` are the types clients submit (the API routes, the OpenAPI document, the
 CLI); `ALL_JOB_TYPES` adds the internal ones (webhook delivery), which only our own

@@ -1,6 +1,6 @@
 """Two of RQ's helpers, made cheap for what this service gives them; behaviour unchanged.
 
-Found with py-spy on a FastWorker job process draining `add` jobs (Python 3.11):
+Found with py-spy on a job process of the Procfile's worker draining `add` jobs (Python 3.11):
 
 - `rq.serializers.resolve_serializer` checks its argument with `isinstance` against a
   runtime-checkable Protocol, which walks the protocol's attributes on every call (about

@@ -6,12 +6,12 @@ one place that decides what `status` and `error` say.
 
 from __future__ import annotations
 
-import re
 from enum import Enum
 
 from rq.job import JobStatus
 
-MAX_ERROR_LENGTH = 500
+from trustcard import failures
+
 CANCEL_FIELD = "trustcard_cancel_requested"
 """Hash field on the job's key, set when a client cancels. A field of its own, not
 `meta`: job code saves `meta` for progress and would overwrite the flag."""
@@ -56,27 +56,6 @@ def task_status(rq_status: str | None, cancel_requested: bool) -> TaskStatus:
     return status
 
 
-_SOFT_TIMEOUT = re.compile(r"JobTimeoutException: .*?\((\d+) seconds\)")
-_KILLED = re.compile(r"waitpid returned (\d+)(?: \(signal (\d+)\))?")
-
-
 def summarise_failure(exc_string: str | None) -> str:
-    """One line that says why a job failed; never a traceback."""
-    if not exc_string or not exc_string.strip():
-        return "The job failed without recording a reason."
-    soft = _SOFT_TIMEOUT.search(exc_string)
-    if soft:
-        return f"Timed out: the job ran past its soft time limit of {soft.group(1)} s."
-    if "AbandonedJobError" in exc_string:
-        return "Abandoned: the worker running this task stopped before it finished (killed or lost)."
-    killed = _KILLED.search(exc_string)
-    if killed and "terminated unexpectedly" in exc_string:
-        signal_number = killed.group(2)
-        if signal_number:
-            return (
-                f"The job's process was killed by signal {signal_number}"
-                f"{' (SIGKILL, for example by the out-of-memory killer)' if signal_number == '9' else ''}."
-            )
-        return f"The job's process exited unexpectedly (status {killed.group(1)})."
-    lines = [line.strip() for line in exc_string.strip().splitlines() if line.strip()]
-    return lines[-1][:MAX_ERROR_LENGTH]
+    """One line that says why a job failed; never a traceback (see `trustcard.failures`)."""
+    return failures.summarise(exc_string)

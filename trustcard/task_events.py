@@ -46,7 +46,7 @@ def task_id_of(channel_name: str | bytes) -> str | None:
 
 def end_command(task_id: str) -> tuple[Any, ...]:
     """The command that announces `task_id`'s end; it runs with the end record itself
-    (trustcard.metrics.store.job_end_commands), so no end path can forget it."""
+    (trustcard.task_ends.job_end_commands), so no end path can forget it."""
     return ("PUBLISH", channel(task_id), END_MESSAGE)
 
 

@@ -21,13 +21,12 @@ from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from trustcard import logs
+from trustcard import failures, logs, rq_seams
 from trustcard.callbacks import read_state
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES
 from trustcard.config import Settings
@@ -285,7 +284,7 @@ class TaskService:
             registry.cleanup(timestamp=1, exception_handlers=[count_if_abandoned])
         else:  # no registry entry left to settle through
             with self.connection.pipeline() as pipeline:
-                record_job_failure(job, "AbandonedJobError: its worker is gone", pipeline)
+                rq_seams.record_job_failure(job, failures.ABANDONED_BY_STATUS_CHECK.render(), pipeline)
                 pipeline.execute()
             count_abandoned(job, retried=False)
         log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)

@@ -22,9 +22,10 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.results import Result
 
+from trustcard import failures
 from trustcard.status import TaskStatus, summarise_failure, task_status
 
-CANCELLED_ERROR = "Cancelled on request."
+CANCELLED_ERROR = failures.CANCELLED_ON_REQUEST
 
 
 @dataclass(frozen=True)

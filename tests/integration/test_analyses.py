@@ -7,7 +7,6 @@ process and in the workers (through `probe_site/sitecustomize.py`), and steer it
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +16,12 @@ import pytest
 from rq.worker import Worker
 
 from tests import stage_probes
-from tests.integration.conftest import BIN, ROOT, Stack, WorkerProcess, procfile_command, wait_until
-from tests.migration_helpers import upgrade
+from tests.support.paths import ROOT
+from tests.support.processes import ProcessGroup
+from tests.support.procfile import procfile_command
+from tests.support.stack import Stack, WorkerProcess
+from tests.support.waiting import wait_until
+from tests.support.migrations import upgrade
 from trustcard.analyses import records
 from trustcard.catalogue import QUEUE_NAMES
 from trustcard.connections import redis_client
@@ -98,13 +101,10 @@ def worker_name(stack: Stack, worker: WorkerProcess) -> str:
 def start_pool(stack: Stack, queues: list[str]) -> WorkerProcess:
     """The Procfile's worker line with another queue list: a dedicated pool."""
     command = [word for word in procfile_command("worker") if word not in QUEUE_NAMES] + queues
-    command[0] = str(BIN / command[0])
     log_path = stack.log_dir / f"worker-{'-'.join(queues)}.log"
     stack.logs.append(log_path)
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **stack.env}, stdout=log_file,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    worker = WorkerProcess(process, log_path, log_file)
+    group = ProcessGroup.start(log_path.stem, command, {**os.environ, **stack.env}, log_path)
+    worker = WorkerProcess(group.name, group.process, group.log_path)
     stack.workers.append(worker)
     worker.wait_registered(stack.settings)
     return worker

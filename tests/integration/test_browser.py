@@ -14,14 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.browser import chromium, decode_png, screenshot
-from tests.integration.conftest import Stack, WebProcess, wait_until
-from tests.integration.dashboard_fixtures import DASHBOARD_LOGIN as LOGIN
-from tests.integration.dashboard_fixtures import (  # noqa: F401  (fixtures used by name)
-    dashboard_redis,
-    dashboard_redis_server,
-    dashboard_stack,
-)
+from tests.support.browser import chromium, decode_png, screenshot
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
+from tests.support.stack import DASHBOARD_LOGIN as LOGIN
 
 pytestmark = pytest.mark.integration
 HTTP_TIMEOUT_SECONDS = 10

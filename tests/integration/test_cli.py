@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.browser import terminal_screenshot
-from tests.integration.conftest import BIN, PrivateRedis, Stack, WebProcess, wait_until
+from tests.support.browser import terminal_screenshot
+from tests.support.paths import BIN
+from tests.support.redis_server import PrivateRedis
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
 from workers.stages import STAGE_NAMES
 
 pytestmark = pytest.mark.integration

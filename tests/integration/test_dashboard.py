@@ -6,13 +6,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.integration.conftest import Stack, wait_until
-from tests.integration.dashboard_fixtures import DASHBOARD_LOGIN as LOGIN
-from tests.integration.dashboard_fixtures import (  # noqa: F401  (fixtures used by name)
-    dashboard_redis,
-    dashboard_redis_server,
-    dashboard_stack,
-)
+from tests.support.stack import Stack
+from tests.support.waiting import wait_until
+from tests.support.stack import DASHBOARD_LOGIN as LOGIN
 
 pytestmark = pytest.mark.integration
 RUNNING_SECONDS = 600

@@ -4,7 +4,7 @@ settings (the rate limit included) with an API key, so that auth is checked too.
 Every documented operation gets generated requests, valid and invalid ones, sent
 through the WSGI app; then generated workflows follow the document's links (submit,
 then read, cancel or retry that task). No worker runs, so submitted jobs just wait on
-their queue. What is checked, and which checks are left out and why: tests/fuzzing.py,
+their queue. What is checked, and which checks are left out and why: tests/support/fuzzing.py,
 shared with scripts/fuzz.py, which runs the same over HTTP against gunicorn and a worker.
 """
 
@@ -18,13 +18,13 @@ import pytest
 import schemathesis
 from redis import Redis
 
-from tests.fuzzing import EXCLUDED_CHECKS, StatusLog, check_submission, config, hypothesis_settings, workflow_machine
-from tests.integration.conftest import REDIS_URL
-from tests.migration_helpers import upgrade
+from tests.support.fuzzing import EXCLUDED_CHECKS, StatusLog, check_submission, config, hypothesis_settings, workflow_machine
+from tests.support.stack import REDIS_URL
+from tests.support.migrations import upgrade
 from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a generated `Prefer: wait=N` may wait 25 s
 
 API_KEY = "fuzz-test-key"
 MAX_EXAMPLES = 50

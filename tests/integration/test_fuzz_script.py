@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(330)  # the script may take 300 s
 def test_fuzz_script_runs_its_cases_against_the_real_stack() -> None:
     result = subprocess.run(
         [sys.executable, "scripts/fuzz.py", "--cases", "120", "--time-limit", "120"],

@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(330)  # the script may take 300 s
 def test_load_script_submits_and_checks_every_job() -> None:
     result = subprocess.run(
         [sys.executable, "scripts/load.py", "--start", "--jobs", "200", "--clients", "8", "--workers", "2",

@@ -17,7 +17,8 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Stack, WebProcess, wait_until
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
 from trustcard.api.app import create_app
 
 pytestmark = pytest.mark.integration

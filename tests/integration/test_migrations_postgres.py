@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 from sqlalchemy import inspect
 
-from tests.migration_helpers import downgrade, schema_differences, upgrade
+from tests.support.migrations import downgrade, schema_differences, upgrade
 from trustcard.database import make_engine
 
 pytestmark = pytest.mark.integration

@@ -27,8 +27,10 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.integration.conftest import POSTGRES_ADMIN_DSN, POSTGRES_SERVER_URL, TERMINAL, free_port, wait_until
-from tests.integration.platform_stack import (
+from tests.support.ports import free_port
+from tests.support.stack import POSTGRES_ADMIN_DSN, POSTGRES_SERVER_URL, TERMINAL
+from tests.support.waiting import wait_until
+from tests.support.platform_stack import (
     PLATFORM_GRACE_SECONDS,
     Answer,
     Honcho,

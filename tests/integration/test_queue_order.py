@@ -4,7 +4,6 @@ what RQ's `--dequeue-strategy round_robin` changes (measured on our worker class
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +11,10 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from tests.integration.conftest import BIN, ROOT, Stack, WorkerProcess, procfile_command, wait_until
+from tests.support.processes import ProcessGroup
+from tests.support.procfile import procfile_command
+from tests.support.stack import Stack, WorkerProcess
+from tests.support.waiting import wait_until
 from trustcard.connections import redis_client
 
 pytestmark = pytest.mark.integration
@@ -22,14 +24,11 @@ FLOOD = 20
 
 def start(stack: Stack, *extra: str) -> WorkerProcess:
     command = procfile_command("worker")
-    command[0] = str(BIN / command[0])
     command[2:2] = list(extra)  # after `rq worker`
     log_path = stack.log_dir / f"worker-order{'-'.join(extra)}.log"
     stack.logs.append(log_path)
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **stack.env}, stdout=log_file,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    worker = WorkerProcess(process, log_path, log_file)
+    group = ProcessGroup.start(log_path.stem, command, {**os.environ, **stack.env}, log_path)
+    worker = WorkerProcess(group.name, group.process, group.log_path)
     stack.workers.append(worker)
     return worker
 

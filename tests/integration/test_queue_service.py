@@ -1,4 +1,11 @@
-"""The HTTP contract end to end: real `rq worker` processes, real Redis and PostgreSQL."""
+"""The HTTP contract end to end: real `rq worker` processes, real Redis and PostgreSQL.
+
+Most tests share one stack (`stack`, from conftest: one worker from the Procfile's line, on
+a redis-server of its own); those that need other settings build their own. The worker
+keeps one job process for many jobs: the tests also check that it keeps every promise of
+a forking worker (the soft limit inside the job, a job process killed and replaced, a
+running job stopped, recycling after its share of jobs, RQ's own tools seeing it).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +13,27 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rq import Queue
+from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 from sqlalchemy import text
 
-from tests.integration.conftest import Stack, wait_until
+from tests.support.paths import BIN
+from tests.support.stack import Stack
+from tests.support.waiting import wait_until
+from trustcard.catalogue import QUEUE_NAMES
 from workers.stages import STAGE_NAMES
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def stack(make_stack: Callable[..., Stack]) -> Stack:
-    stack = make_stack()
-    stack.start_worker()
-    return stack
+MAX_JOBS_PER_CHILD = 50
+"""The worker's default (`WORKER_MAX_JOBS_PER_CHILD`): the old Celery service also replaced
+its processes after 50 tasks."""
 
 
 def test_add_by_query_and_by_json_body(stack: Stack) -> None:
@@ -116,10 +124,15 @@ def test_cancel_waiting_and_running_tasks(stack: Stack) -> None:
     assert [task["task_id"] for task in listed["tasks"]] == [running] and listed["count"] == 1
     assert listed["tasks"][0]["name"] == "test.sleep" and listed["tasks"][0]["worker"]
 
+    running_in = stack.workers[0].horse()
+    assert running_in is not None
     cancelled_running = stack.client.delete(f"/tasks/{running}")
     assert cancelled_running.status_code == 200 and cancelled_running.get_json()["status"] == "cancelled"
+    assert stack.wait_for(running, ("cancelled",), timeout=5)["error"] == "Cancelled on request."
+    assert rq_status(stack, running) == "stopped"  # RQ's status for a job stopped while running
     # The worker is free again: a new task completes, and the cancelled ones never ran.
     assert stack.wait_for(stack.submit("/tasks/test/add?x=2&y=2"))["result"] == 4
+    assert stack.workers[0].horse() != running_in  # the job process that ran it was stopped
     assert stack.task(running)["status"] == "cancelled"
     never_ran = stack.task(waiting)
     assert never_ran["status"] == "cancelled" and never_ran["result"] is None
@@ -128,6 +141,11 @@ def test_cancel_waiting_and_running_tasks(stack: Stack) -> None:
 
     assert stack.client.delete(f"/tasks/{running}").status_code == 409
     assert stack.client.get("/tasks/").get_json()["count"] == 0
+
+
+def rq_status(stack: Stack, task_id: str) -> str:
+    """The job's status as RQ stores it (the API maps `stopped` to `cancelled`)."""
+    return (stack.app.extensions["trustcard.redis"].hget(f"rq:job:{task_id}", "status") or b"").decode()
 
 
 def test_cancelling_an_ended_task_is_409_and_unknown_is_404(stack: Stack) -> None:
@@ -159,12 +177,20 @@ def test_a_raising_job_fails_with_one_line_after_its_retry(stack: Stack) -> None
     assert stack.client.delete(f"/tasks/{sleeping}").status_code == 200  # frees the worker for teardown
 
 
-def test_workers_refuse_what_the_catalogue_does_not_name(stack: Stack) -> None:
+def test_workers_refuse_what_the_catalogue_does_not_name(stack: Stack, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
     connection = stack.app.extensions["trustcard.redis"]
     queue = Queue("analysis", connection=connection, serializer=JSONSerializer)
-    job = queue.enqueue_call("os.getcwd")
+    getcwd = queue.enqueue_call("os.getcwd")
+    job = queue.enqueue_call("pathlib.Path.touch", args=[str(marker)], meta={"hard_timeout": 30})
+    refused = stack.wait_for(getcwd.id, ("failed",))
+    assert "Refused to run 'os.getcwd'" in refused["error"] and "\n" not in refused["error"]
     task = stack.wait_for(job.id, ("failed",))
-    assert "Refused to run 'os.getcwd'" in task["error"] and "\n" not in task["error"]
+    assert task["error"] == (
+        "workers.job.JobNotCatalogued: Refused to run 'pathlib.Path.touch': "
+        "workers run only the functions in the job catalogue."
+    )
+    assert not marker.exists()
     assert stack.wait_for(stack.submit("/tasks/test/add?x=1&y=2"))["result"] == 3
 
 
@@ -229,10 +255,16 @@ def test_a_body_over_one_mebibyte_is_refused_with_413(make_stack: Callable[..., 
 
 
 def test_health_with_postgresql_and_workers(stack: Stack, make_stack: Callable[..., Stack]) -> None:
-    stack.start_worker()
-    body = stack.client.get("/health").get_json()
-    assert body["status"] == "healthy" and body["database"] == "connected" and body["redis"] == "connected"
-    assert body["workers"] == 2
+    second = stack.start_worker()
+    try:
+        body = stack.client.get("/health").get_json()
+        assert body["status"] == "healthy" and body["database"] == "connected" and body["redis"] == "connected"
+        assert body["workers"] == 2
+    finally:  # the stack is shared: it goes back to one worker
+        second.stop()
+        stack.workers.remove(second)
+    assert second.poll() == 0
+    assert stack.client.get("/health").get_json()["workers"] == 1  # a stopped worker unregisters
 
     broken = make_stack(DATABASE_URL="postgresql://postgres@127.0.0.1:1/nothing")
     started = time.monotonic()
@@ -241,19 +273,61 @@ def test_health_with_postgresql_and_workers(stack: Stack, make_stack: Callable[.
     assert response.status_code == 503 and response.get_json()["failing"] == ["database"]
 
 
+def test_rq_and_its_command_line_see_the_worker(stack: Stack) -> None:
+    connection = stack.app.extensions["trustcard.redis"]
+    workers = Worker.all(connection=connection, serializer=JSONSerializer)
+    assert len(workers) == 1
+    assert workers[0].pid == stack.workers[0].pid
+    assert workers[0].queue_names() == list(QUEUE_NAMES)
+    info = subprocess.run(
+        [str(BIN / "rq"), "info", "--url", stack.settings.redis_url, "--only-workers"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert workers[0].name in info.stdout
+    assert stack.client.get("/health").get_json()["workers"] == 1
+
+
+def test_sixty_jobs_in_a_row_complete_across_a_recycled_job_process(stack: Stack) -> None:
+    worker = stack.workers[0]
+    first = wait_until(worker.horse, 5, "the worker's job process")
+    task_ids = [stack.submit("/tasks/test/add", json={"x": index, "y": 1000}) for index in range(MAX_JOBS_PER_CHILD + 10)]
+    for index, task_id in enumerate(task_ids):
+        task = stack.wait_for(task_id)
+        assert (task["status"], task["result"]) == ("completed", index + 1000)
+    assert worker.horse() not in (None, first)  # more jobs than one job process runs
+    assert worker.poll() is None
+
+
+def test_a_dependent_job_runs_once_its_dependency_succeeds(stack: Stack) -> None:
+    """A success recorded by the long-lived job process still releases the jobs that wait on it."""
+    connection = stack.app.extensions["trustcard.redis"]
+    queue = Queue("analysis", connection=connection, serializer=JSONSerializer)
+    first = queue.enqueue_call("workers.diagnostics.sleep", kwargs={"seconds": 0.5}, meta={"job_type": "test.sleep"})
+    second = queue.enqueue_call(
+        "workers.diagnostics.add", kwargs={"x": 2, "y": 3}, depends_on=first, meta={"job_type": "test.add"}
+    )
+    assert second.get_status() == "deferred"
+    result = second.latest_result(timeout=30)
+    assert result is not None and result.return_value == 5
+    assert first.get_status() == "finished"
+
+
 class TestTimeLimits:
+    """On one stack of their own (a 3 s soft and a 5 s hard limit), shared by the class:
+    the worker carries on after each test's job process was stopped or killed."""
+
     @pytest.fixture
-    def limited(self, make_stack: Callable[..., Stack]) -> Stack:
-        stack = make_stack(JOB_SOFT_TIMEOUT="3", JOB_TIMEOUT="5")
-        stack.start_worker()
-        return stack
+    def limited(self, shared_stacks: Callable[..., Stack], process_logs: list[Path]) -> Stack:
+        return shared_stacks(JOB_SOFT_TIMEOUT="3", JOB_TIMEOUT="5").for_test(process_logs)
 
     def test_soft_limit_fails_the_task_as_timed_out(self, limited: Stack) -> None:
+        before = wait_until(limited.workers[0].horse, 5, "the job process")
         task = limited.wait_for(limited.submit("/tasks/test/sleep?seconds=10"))
         assert task["status"] == "failed"
         assert task["error"] == "Timed out: the job ran past its soft time limit of 3 s."
         assert "Traceback" not in task["error"] and "\n" not in task["error"]
         assert limited.wait_for(limited.submit("/tasks/test/add?x=1&y=1"))["result"] == 2
+        assert limited.workers[0].horse() == before  # raised inside the job: its process carries on
 
     def test_long_task_records_the_stage_it_reached(self, limited: Stack) -> None:
         task = limited.wait_for(limited.submit("/tasks/test/long"))
@@ -280,6 +354,7 @@ class TestTimeLimits:
         assert "hard time limit of 5 s reached, killing it" in worker.log()
         wait_until(lambda: not Path(f"/proc/{horse}").exists(), 5, "the stopped job process to be gone")
         assert limited.wait_for(limited.submit("/tasks/test/add?x=1&y=1"))["result"] == 2
+        wait_until(lambda: worker.horse() not in (None, horse), 10, "a fresh job process")
 
     def test_killed_job_process_fails_at_once_and_the_worker_goes_on(self, limited: Stack) -> None:
         worker = limited.workers[0]
@@ -291,4 +366,8 @@ class TestTimeLimits:
         task = limited.wait_for(task_id, ("failed",), timeout=5)
         assert time.monotonic() - killed_at < 2
         assert "killed by signal 9" in task["error"]
+        assert task["error"] == (
+            "The job's process was killed by signal 9 (SIGKILL, for example by the out-of-memory killer)."
+        )
+        assert worker.poll() is None
         assert limited.wait_for(limited.submit("/tasks/test/add?x=1&y=1"))["result"] == 2

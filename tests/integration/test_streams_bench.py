@@ -9,11 +9,12 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(330)  # the script may take 300 s
 def test_one_web_process_holds_1000_streams_while_the_api_answers() -> None:
     result = subprocess.run(
         [sys.executable, "scripts/streams_bench.py", "--streams", "1000", "--samples", "100", "--seconds", "0",

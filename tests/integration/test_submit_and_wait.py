@@ -5,12 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Stack, WebProcess
+from tests.support.stack import Stack, WebProcess
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +26,20 @@ def post(web: WebProcess, path: str, prefer: str | None) -> tuple[int, dict[str,
         connection.close()
 
 
+def cancel(web: WebProcess, task_id: str) -> None:
+    """Free the shared worker for the next test (the task has shown what it had to)."""
+    connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
+    try:
+        connection.request("DELETE", f"/tasks/{task_id}")
+        assert connection.getresponse().status in (200, 409)  # 409: it had ended already
+    finally:
+        connection.close()
+
+
 @pytest.fixture
-def web(make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]) -> WebProcess:
-    stack = make_stack()
-    stack.start_worker()
-    web = start_web(stack.env)
+def web(web_and_worker: tuple[Stack, WebProcess]) -> WebProcess:
+    """The module's shared web process and worker (conftest), idle."""
+    _, web = web_and_worker
     post(web, "/tasks/test/add?x=0&y=0", None)  # the first request of a process also loads what it lazily needs
     return web
 
@@ -49,6 +57,7 @@ def test_a_task_longer_than_the_wait_answers_202_submitted_after_the_wait(web: W
     assert status == 202 and body["status"] == "submitted", body
     assert headers["Preference-Applied"] == "wait=1"
     assert 1.0 <= took < 4, took
+    cancel(web, body["task_id"])
 
 
 def test_a_failed_task_answers_200_with_its_reason(web: WebProcess) -> None:
@@ -61,3 +70,4 @@ def test_without_a_readable_wait_the_answer_is_the_old_202_at_once(web: WebProce
     status, headers, body, took = post(web, "/tasks/test/sleep?seconds=2", prefer)
     assert status == 202 and body["status"] == "submitted" and "Preference-Applied" not in headers
     assert took < 2  # before the task's own 2 s: it did not wait for the end
+    cancel(web, body["task_id"])

@@ -1,5 +1,8 @@
 """Pushed task state through the Procfile's web line (gunicorn, gevent) and a real worker:
-`GET /tasks/<id>?wait=N` and the event stream `GET /tasks/<id>/events`."""
+`GET /tasks/<id>?wait=N` and the event stream `GET /tasks/<id>/events`.
+
+Tests at the default settings share the module's stack and web process (`web_and_worker`,
+from conftest); those that change a setting or stop Redis build their own."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import pytest
 import redis
 import requests
 
-from tests.integration.conftest import Stack, WebProcess, wait_until
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +60,6 @@ def read_events(response: requests.Response) -> Iterator[dict[str, Any]]:
         yield block
 
 
-@pytest.fixture
-def web_and_worker(make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]) -> tuple[Stack, WebProcess]:
-    stack = make_stack()
-    stack.start_worker()
-    return stack, start_web(stack.env)
-
-
 def test_wait_answers_within_100_ms_of_the_end(web_and_worker: tuple[Stack, WebProcess]) -> None:
     _, web = web_and_worker
     task_id = submit(web, "/tasks/test/sleep", seconds=1)
@@ -82,6 +79,8 @@ def test_wait_answers_at_its_deadline_with_the_current_state(web_and_worker: tup
     elapsed = time.monotonic() - started
     assert response.status_code == 200 and response.json()["status"] in ("pending", "started"), response.text
     assert 1.5 <= elapsed < 2.5, elapsed
+    cancelled = requests.delete(f"{web.url}/tasks/{task_id}", timeout=10)  # frees the shared worker
+    assert cancelled.status_code in (200, 409), cancelled.text
 
 
 def test_wait_on_an_ended_task_answers_at_once_and_old_calls_are_unchanged(

@@ -24,8 +24,10 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from tests.integration.conftest import Stack, WebProcess, WorkerProcess, free_port, wait_until
-from tests.integration.platform_stack import Certificate, TlsRedis, make_certificates
+from tests.support.ports import free_port
+from tests.support.stack import Stack, WebProcess, WorkerProcess
+from tests.support.waiting import wait_until
+from tests.support.platform_stack import Certificate, TlsRedis, make_certificates
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def test_a_self_signed_certificate_is_refused_at_the_default_cert_reqs(
     stack = make_stack(redis_url=self_signed_server.url)
     log_path = stack.log_dir / "refused-worker.log"
     stack.logs.append(log_path)
-    worker = WorkerProcess.start(stack.env, log_path)
+    worker = WorkerProcess.start_worker(stack.env, log_path)
     stack.workers.append(worker)
     wait_until(lambda: CERTIFICATE_REFUSED.search(worker.log()), 30, "the worker to log the refused certificate")
     assert Worker.all(connection=client) == [], "a worker registered through a certificate it should refuse"

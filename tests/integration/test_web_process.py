@@ -13,7 +13,11 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.integration.conftest import BIN, ROOT, Stack, WebProcess, procfile_command, wait_until
+from tests.support.paths import ROOT
+from tests.support.procfile import procfile_command
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
+from trustcard.status import CANCEL_FIELD
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +64,6 @@ def test_oversized_body_gets_413_json_before_it_is_read(
 
 def test_a_bad_setting_stops_the_web_with_one_sentence() -> None:
     command = procfile_command("web")
-    command[0] = str(BIN / command[0])
     result = subprocess.run(
         command, cwd=ROOT, env={**os.environ, "JOB_TIMEOUT": "soon", "PORT": "0"}, capture_output=True, timeout=60
     )
@@ -82,7 +85,11 @@ def test_sigterm_drains_the_request_in_flight_then_stops(
     try:
         connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=20)
         connection.request("DELETE", f"/tasks/{task_id}")
-        time.sleep(0.5)  # let the request reach its view before the signal; its answer is what we check
+        # The request has reached its view once the view marked the job (it then waits on the
+        # stopped worker): only then is it "in flight" for the signal; its answer is what we check.
+        connection_to_redis = stack.app.extensions["trustcard.redis"]
+        wait_until(lambda: connection_to_redis.hexists(f"rq:job:{task_id}", CANCEL_FIELD), 10,
+                   "the DELETE to reach its view", interval=0.01)
         os.killpg(web.process.pid, signal.SIGTERM)
         response = connection.getresponse()
         assert response.status == 200 and json.loads(response.read())["status"] == "cancelled"

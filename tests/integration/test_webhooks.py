@@ -23,7 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Stack, WebProcess, free_port, wait_until
+from tests.support.ports import free_port
+from tests.support.stack import Stack, WebProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

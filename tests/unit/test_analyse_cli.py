@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 from werkzeug.serving import make_server
 
-from tests.migration_helpers import upgrade
+from tests.support.migrations import upgrade
 from tests.unit.test_analyses import work
 from trustcard.api.app import create_app
 from trustcard.config import load_settings

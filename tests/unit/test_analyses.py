@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy.exc import OperationalError
 
 from tests import stage_probes
-from tests.migration_helpers import upgrade
+from tests.support.migrations import upgrade
 from trustcard.analyses import records, stages
 from trustcard.analyses.urls import parse_post_url
 from trustcard.api.app import create_app

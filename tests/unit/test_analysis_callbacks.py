@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 from flask.testing import FlaskClient
 
-from tests.migration_helpers import upgrade
+from tests.support.migrations import upgrade
 from tests.unit.test_analyses import POST, read, work
 from trustcard.api.app import create_app
 from trustcard.callbacks import signature

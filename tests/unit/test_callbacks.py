@@ -25,10 +25,11 @@ from trustcard.callback_urls import CallbackURLRefused, address_problem, check_c
 from trustcard.callbacks import CALLBACK_FIELD, CommandRecorder, delivery_commands, signature
 from trustcard.catalogue import WEBHOOK_DELIVERY
 from trustcard.config import load_settings
+from trustcard import task_ends
 from trustcard.metrics import store
 from trustcard.metrics.outcomes import TaskOutcome
 from tests.unit.test_api import RoundTrips
-from workers.worker import TrustCardWorker
+from workers.supervisor import JobProcessSupervisor
 
 SECRET = "whsec-unit-test"
 PUBLIC = "93.184.216.34"
@@ -273,7 +274,7 @@ def test_no_callback_no_delivery_commands(fake_redis: fakeredis.FakeRedis) -> No
         "workers.diagnostics.add", kwargs={"x": 1, "y": 2}, meta={"job_type": "test.add"}
     )
     assert delivery_commands(job) == []
-    assert not any("webhooks" in str(command) for command in store.job_end_commands(job, TaskOutcome.COMPLETED))
+    assert not any("webhooks" in str(command) for command in task_ends.job_end_commands(job, TaskOutcome.COMPLETED))
 
 
 def test_the_end_commands_queue_a_delivery_job_that_rq_reads_back(
@@ -281,7 +282,7 @@ def test_the_end_commands_queue_a_delivery_job_that_rq_reads_back(
 ) -> None:
     task_id = submitted_with_callback(signed_private_app)
     job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
-    commands = store.job_end_commands(job, TaskOutcome.COMPLETED, timed=False)
+    commands = task_ends.job_end_commands(job, TaskOutcome.COMPLETED, timed=False)
     json.dumps(commands)  # they travel as JSON into the end's Lua script
     assert store.run_count(fake_redis, commands)
     [delivery] = delivery_jobs(fake_redis)
@@ -299,7 +300,7 @@ def test_a_task_failing_for_good_queues_its_delivery_in_rqs_failure_transaction(
     """test.fail retries once: the retry is no end (no delivery); the final failure is."""
     task_id = submitted_with_callback(signed_private_app)
     queue = Queue("analysis", connection=fake_redis, serializer=JSONSerializer)
-    worker = TrustCardWorker([queue], connection=fake_redis)
+    worker = JobProcessSupervisor([queue], connection=fake_redis)
     for _ in range(2):
         job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
         with fake_redis.pipeline() as pipeline:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from werkzeug.serving import make_server
 
+from tests.support.ports import free_port
 from trustcard.api.app import create_app
 from trustcard.catalogue import JOB_TYPES, QUEUE_NAMES
 from trustcard.cli import main as cli_main
@@ -80,12 +80,6 @@ def submitted_id(api: Api, *args: str) -> str:
     result = run(api, "--json", "submit", *args)
     assert result.exit_code == 0, result.stderr
     return str(json.loads(result.stdout)["task_id"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # Parameters and usage ------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_procfile_declares_release_web_and_worker() -> None:
 def test_worker_line_serves_every_catalogued_queue_with_our_worker_and_json() -> None:
     words = shlex.split(procfile()["worker"])
     assert words[:2] == ["rq", "worker"]
-    assert words[words.index("--worker-class") + 1] == "workers.fast.FastWorker"
+    assert words[words.index("--worker-class") + 1] == "workers.supervisor.JobProcessSupervisor"
     assert words[words.index("--serializer") + 1] == "rq.serializers.JSONSerializer"
     assert words[words.index("--config") + 1] == "workers.settings"
     assert "--with-scheduler" in words  # delayed retries need it

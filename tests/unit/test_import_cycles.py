@@ -153,3 +153,17 @@ def test_the_cycle_finder_reports_each_cycle_as_a_closed_path() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"f"}, "f": {"e"}, "g": {"g"}}
     assert cycles(graph) == [["a", "b", "c", "a"], ["e", "f", "e"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_only_trustcard_api_imports_flask() -> None:
+    """The README's promise: the HTTP side is trustcard/api; the rest (task model, workers,
+    CLI) never loads Flask, so a worker or the CLI stays lean and a test of them needs no app."""
+    importers = sorted(
+        module
+        for module, path in project_modules().items()
+        if not module.startswith("trustcard.api")
+        for node in _import_nodes(ast.parse(path.read_text(), filename=str(path)))
+        for name in ([alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+        if name == "flask" or name.startswith(("flask.", "flask_", "rq_dashboard"))
+    )
+    assert importers == [], f"Flask imported outside trustcard/api: {importers}"

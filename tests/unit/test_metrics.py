@@ -35,8 +35,9 @@ from trustcard.metrics.outcomes import (
     job_type_name,
     submission_outcome,
 )
-from workers.fast.bookkeeping import Bookkeeper, success_batch
-from workers.worker import TrustCardWorker
+from workers.supervisor import JobProcessSupervisor
+from workers.supervisor.batches import success_batch
+from workers.supervisor.bookkeeping import HAS_DEPENDENTS, Bookkeeper, Dequeued
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -74,8 +75,8 @@ def queue(fake_redis: fakeredis.FakeRedis) -> Queue:
 
 
 @pytest.fixture
-def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[TrustCardWorker]:
-    yield TrustCardWorker([queue], connection=fake_redis)
+def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[JobProcessSupervisor]:
+    yield JobProcessSupervisor([queue], connection=fake_redis)
 
 
 def enqueue(queue: Queue, job_type: str = "test.add", **kwargs: Any) -> Job:
@@ -84,7 +85,7 @@ def enqueue(queue: Queue, job_type: str = "test.add", **kwargs: Any) -> Job:
     return queue.enqueue_call(function, kwargs=params, meta={"job_type": job_type}, **kwargs)
 
 
-def started(job: Job, worker: TrustCardWorker, seconds: float) -> Job:
+def started(job: Job, worker: JobProcessSupervisor, seconds: float) -> Job:
     """`job` as a worker leaves it after running for `seconds`: started, with both times set."""
     with job.connection.pipeline() as pipeline:
         job.prepare_for_execution(worker.name, pipeline)
@@ -299,7 +300,7 @@ def test_redis_down_while_counting_a_submission_is_swallowed(fake_redis: fakered
 
 
 def test_a_failure_with_a_retry_left_is_no_end_and_the_last_one_is(
-    worker: TrustCardWorker, queue: Queue, fake_redis: fakeredis.FakeRedis
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     job = started(enqueue(queue, "test.fail", retry=Retry(max=1)), worker, 0.3)
     worker.handle_job_failure(job, queue, exc_string="DeliberateFailure: boom")
@@ -314,7 +315,7 @@ def test_a_failure_with_a_retry_left_is_no_end_and_the_last_one_is(
 
 
 def test_the_count_travels_in_rqs_own_failure_transaction(
-    worker: TrustCardWorker, queue: Queue, monkeypatch: pytest.MonkeyPatch
+    worker: JobProcessSupervisor, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The seam: RQ 3 calls `cleanup_execution` inside `handle_job_failure`'s MULTI/EXEC."""
     job = started(enqueue(queue), worker, 0.01)
@@ -330,7 +331,7 @@ def test_the_count_travels_in_rqs_own_failure_transaction(
     assert [t for t in transactions if "EVAL" in t and "ZADD" in t], transactions  # the failure and its count
 
 
-def test_a_job_stopped_on_request_is_cancelled(worker: TrustCardWorker, queue: Queue,
+def test_a_job_stopped_on_request_is_cancelled(worker: JobProcessSupervisor, queue: Queue,
                                                fake_redis: fakeredis.FakeRedis) -> None:
     job = started(enqueue(queue, "test.fail", retry=Retry(max=1)), worker, 2.0)
     worker._stopped_job_id = job.id
@@ -341,15 +342,15 @@ def test_a_job_stopped_on_request_is_cancelled(worker: TrustCardWorker, queue: Q
     assert snapshot.durations["test.fail"].total_seconds == pytest.approx(2.0, abs=0.5)
 
 
-def test_a_job_handed_back_at_shutdown_is_no_end(worker: TrustCardWorker, queue: Queue,
+def test_a_job_handed_back_at_shutdown_is_no_end(worker: JobProcessSupervisor, queue: Queue,
                                                  fake_redis: fakeredis.FakeRedis) -> None:
     job = started(enqueue(queue), worker, 1.0)
-    worker._hand_back(job, queue, worker.prepare_execution(job))
+    worker.hand_back(job, queue, worker.prepare_execution(job))
     assert job.get_status(refresh=True) == JobStatus.QUEUED
     assert fake_redis.hgetall(store.TASKS_ENDED_KEY) == {}
 
 
-def test_a_success_through_rqs_own_path_is_completed(worker: TrustCardWorker, queue: Queue,
+def test_a_success_through_rqs_own_path_is_completed(worker: JobProcessSupervisor, queue: Queue,
                                                      fake_redis: fakeredis.FakeRedis) -> None:
     job = started(enqueue(queue), worker, 0.04)
     job._result = 3
@@ -362,7 +363,7 @@ def test_a_success_through_rqs_own_path_is_completed(worker: TrustCardWorker, qu
 
 
 def test_a_job_returning_retry_counts_only_when_its_retries_are_used_up(
-    worker: TrustCardWorker, queue: Queue, fake_redis: fakeredis.FakeRedis
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     job = started(enqueue(queue), worker, 0.1)
     worker.handle_job_retry(job, queue, Retry(max=2), queue.started_job_registry, worker.prepare_execution(job))
@@ -375,13 +376,13 @@ def test_a_job_returning_retry_counts_only_when_its_retries_are_used_up(
 
 
 def test_the_fast_workers_success_batch_counts_in_its_script(
-    worker: TrustCardWorker, queue: Queue, fake_redis: fakeredis.FakeRedis
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     job = started(enqueue(queue), worker, 0.003)
     execution = worker.prepare_execution(job)
     book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
-    dependents, _ = book.run(success_batch(worker, job, execution, 3, 600, now()), None)
-    assert dependents == 0
+    found = book.run(success_batch(worker, job, execution, 3, 600, now()), None, job.dependents_key)
+    assert found is None
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     snapshot = read_snapshot(fake_redis)
     assert snapshot.tasks_ended == {("test.add", "completed"): 1}
@@ -389,19 +390,35 @@ def test_the_fast_workers_success_batch_counts_in_its_script(
 
 
 def test_a_broken_counter_cannot_fail_the_success_batch_or_change_its_answer(
-    worker: TrustCardWorker, queue: Queue, fake_redis: fakeredis.FakeRedis
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     fake_redis.set(store.TASKS_ENDED_KEY, "not a hash")
     job = started(enqueue(queue), worker, 0.003)
-    fake_redis.sadd(job.dependents_key, "a-dependent")
+    queued = queue.get_job_ids()
     book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
-    dependents, _ = book.run(success_batch(worker, job, worker.prepare_execution(job), 3, 600, now()), None)
-    assert dependents == 1
+    found = book.run(success_batch(worker, job, worker.prepare_execution(job), 3, 600, now()), [queue])
+    assert isinstance(found, Dequeued) and found.job.id == queued[0]  # the answer is the script's own
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert fake_redis.hgetall(store.TASK_DURATION_KEY)  # the counts after the broken one still ran
 
 
-def test_a_broken_counter_cannot_fail_rqs_transaction(worker: TrustCardWorker, queue: Queue,
+def test_a_success_whose_job_has_dependents_is_left_to_rqs_own_transaction(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """The batch is not run and no next job is taken: RQ's success path then releases the
+    dependents in the transaction that records the success, before the next job."""
+    job = started(enqueue(queue), worker, 0.003)
+    queued = queue.get_job_ids()
+    fake_redis.sadd(job.dependents_key, "a-dependent")
+    book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
+    batch = success_batch(worker, job, worker.prepare_execution(job), 3, 600, now())
+    assert book.run(batch, [queue], job.dependents_key) == HAS_DEPENDENTS
+    assert Job.fetch(job.id, connection=fake_redis, serializer=JSONSerializer).get_status() == JobStatus.STARTED
+    assert queue.get_job_ids() == queued
+    assert read_snapshot(fake_redis).tasks_ended == {}
+
+
+def test_a_broken_counter_cannot_fail_rqs_transaction(worker: JobProcessSupervisor, queue: Queue,
                                                       fake_redis: fakeredis.FakeRedis) -> None:
     fake_redis.set(store.TASKS_ENDED_KEY, "not a hash")
     job = started(enqueue(queue), worker, 0.01)
@@ -425,7 +442,7 @@ def test_a_waiting_task_cancelled_twice_counts_once(queue: Queue, fake_redis: fa
 
 
 def test_a_task_that_started_meanwhile_is_not_cancelled_as_waiting(
-    worker: TrustCardWorker, queue: Queue, fake_redis: fakeredis.FakeRedis
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     job = enqueue(queue)
     started(Job.fetch(job.id, connection=fake_redis, serializer=JSONSerializer), worker, 0.1)
@@ -441,7 +458,7 @@ def test_cancel_through_the_api_counts_a_waiting_task(client: FlaskClient) -> No
     assert ended(scrape(client), "test.add", "cancelled") == 1
 
 
-def test_an_abandoned_task_counts_once_however_many_settle_it(worker: TrustCardWorker, queue: Queue,
+def test_an_abandoned_task_counts_once_however_many_settle_it(worker: JobProcessSupervisor, queue: Queue,
                                                               fake_redis: fakeredis.FakeRedis) -> None:
     job = started(enqueue(queue), worker, 1.0)
     count_abandoned(job, retried=False)
@@ -452,7 +469,7 @@ def test_an_abandoned_task_counts_once_however_many_settle_it(worker: TrustCardW
     assert "test.add" not in snapshot.durations  # nobody saw it end
 
 
-def test_an_abandoned_task_with_a_retry_left_is_no_end(worker: TrustCardWorker, queue: Queue,
+def test_an_abandoned_task_with_a_retry_left_is_no_end(worker: JobProcessSupervisor, queue: Queue,
                                                        fake_redis: fakeredis.FakeRedis) -> None:
     job = started(enqueue(queue, "test.fail", retry=Retry(max=1)), worker, 1.0)
     count_if_abandoned(job, AbandonedJobError, AbandonedJobError(), None)
@@ -460,7 +477,7 @@ def test_an_abandoned_task_with_a_retry_left_is_no_end(worker: TrustCardWorker, 
 
 
 def test_the_apis_settlement_of_an_abandoned_task_counts_it(
-    client: FlaskClient, worker: TrustCardWorker, queue: Queue, fake_redis: fakeredis.FakeRedis
+    client: FlaskClient, worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     task_id = submit_ok(client)
     job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
@@ -474,12 +491,12 @@ def test_the_apis_settlement_of_an_abandoned_task_counts_it(
 
 
 def test_an_unreadable_job_refused_by_the_worker_counts_failed_as_unknown(
-    worker: TrustCardWorker, fake_redis: fakeredis.FakeRedis
+    worker: JobProcessSupervisor, fake_redis: fakeredis.FakeRedis
 ) -> None:
     pickled = Queue("analysis", connection=fake_redis).enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     job = Job(pickled.id, connection=fake_redis, serializer=JSONSerializer)
     job.refresh()
     queue = Queue("analysis", connection=fake_redis, serializer=JSONSerializer)
-    assert worker._is_readable(job, queue) is False
+    assert worker.refuse_unreadable(job, queue) is True
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert read_snapshot(fake_redis).tasks_ended == {("unknown", "failed"): 1}

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from tests.migration_helpers import downgrade, schema_differences, upgrade
+from tests.support.migrations import downgrade, schema_differences, upgrade
 from trustcard.database import make_engine
 from trustcard.models import PostAnalysis
 from workers import storage

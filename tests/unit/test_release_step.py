@@ -4,24 +4,18 @@ web does: one sentence on stderr, a non-zero exit, no traceback."""
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+from tests.support.paths import ROOT
+from tests.support.procfile import procfile_command
 
 
 def release_command() -> list[str]:
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == "release":
-            words = shlex.split(command)
-            return [str(BIN / words[0]), *words[1:]]
-    raise AssertionError("Procfile has no release: line")
+    return procfile_command("release")
 
 
 def run(command: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

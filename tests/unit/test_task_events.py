@@ -30,7 +30,7 @@ from trustcard.api.app import create_app
 from trustcard.config import load_settings
 from trustcard.exceptions import QueueUnavailable
 from trustcard.metrics.outcomes import TaskOutcome
-from trustcard.metrics.store import job_end_commands
+from trustcard.task_ends import job_end_commands
 
 
 @pytest.fixture
@@ -298,3 +298,28 @@ def test_a_bad_last_event_id_is_a_422_naming_it(client: FlaskClient) -> None:
     response = client.get(f"/tasks/{task_id}/events", headers={"Last-Event-ID": "yesterday"})
     assert response.status_code == 422
     assert response.get_json()["problems"][0]["parameter"] == "Last-Event-ID"
+
+
+def test_every_event_of_a_stream_fits_the_documented_event_schema(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """OpenAPI 3.1 reads a `text/event-stream` schema as the schema of each event
+    (`{"event", "data", "id"}` with `data` as text): a schema of the whole stream fails fuzzing."""
+    import jsonschema
+
+    task_id = submit(client)
+    write_progress(fake_redis, task_id, 50, "half")
+    finish(fake_redis, task_id)
+    document = client.get("/openapi.json").get_json()
+    answer = document["paths"]["/tasks/{task_id}/events"]["get"]["responses"]["200"]
+    event_schema = answer["content"]["text/event-stream"]["schema"]
+    raw = client.get(f"/tasks/{task_id}/events", headers={"Last-Event-ID": "0"}).data.decode()
+    events = [
+        dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        for block in raw.split("\n\n")
+        if block.strip() and not block.startswith(":")
+    ]
+    assert [event["event"] for event in events] == ["progress", "end"]
+    for event in events:
+        jsonschema.validate(event, event_schema)
+        json.loads(event["data"])

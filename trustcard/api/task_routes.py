@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
 
 from trustcard.api import schemas
@@ -213,6 +215,18 @@ def status(task_id: str) -> Response:
     return jsonify(wait_for_end(_service(), _event_hub(), task_id, wait).to_dict())
 
 
+# One event of the stream, as OpenAPI 3.1 describes the items of `text/event-stream` (its `schema`
+# is each event, not the whole stream); `data` is JSON text.
+SERVER_SENT_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["state", "progress", "end"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "required": ["event", "data", "id"],
+}
+
 @bp.get("/<task_id>/events")
 @documented(
     Operation(
@@ -227,7 +241,7 @@ def status(task_id: str) -> Response:
                 "(`: keep-alive`) every EVENTS_HEARTBEAT_SECONDS (15). Every event has an `id:`: progress "
                 "writes are numbered 1, 2, ...; `state` carries the number of the last one it includes, `end` "
                 "the number after the last one. Reconnecting with `Last-Event-ID` sends what came after it.",
-                {"type": "string"},
+                SERVER_SENT_EVENT,
                 media_type="text/event-stream",
                 headers={
                     "Cache-Control": Header("`no-cache`.", {"type": "string"}, required=False),

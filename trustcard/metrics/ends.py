@@ -19,7 +19,8 @@ from rq.exceptions import AbandonedJobError
 from rq.job import JobStatus
 
 from trustcard.metrics.outcomes import TaskOutcome
-from trustcard.metrics.store import add_end, count_end, job_end_commands, run_count
+from trustcard.metrics.store import run_count
+from trustcard.task_ends import add_end, count_end, job_end_commands
 
 if TYPE_CHECKING:
     from rq.job import Job

@@ -5,9 +5,9 @@
   that bucket (not cumulative: the collector adds them up), and `<type>|sum`, seconds;
 - `trustcard:metrics:submissions`: field `<outcome>`, submissions answered that way.
 
-A task's end is counted in the same Redis call that records it, where there is one: a
-`count_script` call queued in RQ's pipeline (`add_end`), or the commands of `end_commands`
-run by the worker's bookkeeping script. Either way the increments run under `pcall` inside
+A task's end is counted in the same Redis call that records it (`trustcard.task_ends`): a
+script call queued in RQ's pipeline, or the commands of `end_commands` run by the worker's
+bookkeeping script. Either way the increments run under `pcall` inside
 a script, so a broken counter key cannot fail the transaction or the script that ends the
 task; and every write from Python here logs and swallows a Redis error. Counters never
 expire: they are a few hundred bytes, and Prometheus expects them to only go up.
@@ -22,14 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from trustcard.callbacks import delivery_commands
-from trustcard.metrics.outcomes import DURATION_BUCKETS, SubmissionOutcome, TaskOutcome, job_type_name, run_seconds
-from trustcard.task_events import end_command
+from trustcard.metrics.outcomes import DURATION_BUCKETS, SubmissionOutcome, TaskOutcome
 
 if TYPE_CHECKING:
     from redis import Redis
-    from redis.client import Pipeline
-    from rq.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -78,39 +74,9 @@ def end_commands(job_type: str, outcome: TaskOutcome, seconds: float | None) -> 
     return commands
 
 
-def job_end_commands(job: Job, outcome: TaskOutcome, *, timed: bool = True) -> list[tuple[Any, ...]]:
-    """The commands run with `job`'s end: its counts (and what else `_counted_end_commands`
-    adds), then the start of its webhook delivery when it has a Callback-URL."""
-    commands = _counted_end_commands(job, outcome, timed=timed)
-    try:
-        return [*commands, *delivery_commands(job)]
-    except Exception:  # noqa: BLE001 - a webhook must never break the end it reports
-        log.exception("task %s: could not queue its webhook delivery", job.id)
-        return commands
-
-
-def _counted_end_commands(job: Job, outcome: TaskOutcome, *, timed: bool = True) -> list[tuple[Any, ...]]:
-    """`end_commands` for `job` (its type and run time read from it), and the PUBLISH that
-    wakes whoever waits on its end; [] if that fails."""
-    try:
-        seconds = run_seconds(job.started_at, job.ended_at) if timed else None
-        # The task's end is announced in the same call (trustcard.task_events).
-        return [*end_commands(job_type_name(job), outcome, seconds), end_command(job.id)]
-    except Exception:  # noqa: BLE001 - counting must never break the end it counts
-        log.exception("task %s: could not build its %s count", job.id, outcome.value)
-        return []
-
-
-def _script_args(commands: list[tuple[Any, ...]], marker: str = "", ttl: int = 0) -> tuple[Any, ...]:
+def script_args(commands: list[tuple[Any, ...]], marker: str = "", ttl: int = 0) -> tuple[Any, ...]:
     keys = sorted({command[1] for command in commands})
     return (_COUNT, len(keys), *keys, json.dumps(commands), marker, ttl)
-
-
-def add_end(pipeline: Pipeline, job: Job, outcome: TaskOutcome, *, timed: bool = True) -> None:
-    """Count `job`'s end inside `pipeline`, the transaction that records it."""
-    commands = job_end_commands(job, outcome, timed=timed)
-    if commands:
-        pipeline.eval(*_script_args(commands))
 
 
 def run_count(
@@ -120,15 +86,10 @@ def run_count(
     if not commands:
         return False
     try:
-        return bool(connection.eval(*_script_args(commands, marker, ttl)))
+        return bool(connection.eval(*script_args(commands, marker, ttl)))
     except RedisError as error:
         log.warning("metrics: %s not counted, Redis error (%s)", what, error)
         return False
-
-
-def count_end(connection: Redis, job: Job, outcome: TaskOutcome, *, timed: bool = True) -> bool:
-    """Count `job`'s end on its own, where no Redis call of the end itself can carry it."""
-    return run_count(connection, job_end_commands(job, outcome, timed=timed), what=f"task {job.id} {outcome.value}")
 
 
 def count_submission(connection: Redis, outcome: SubmissionOutcome) -> None:

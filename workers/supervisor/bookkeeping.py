@@ -15,13 +15,16 @@ script runs the batch in Redis, atomically like MULTI/EXEC, as a single command:
 1. start: the execution, the started registry, the job marked started, the worker busy
    (sent before the job runs, its answer read after: no wait);
 2. end + next: the result, the finished registry, the execution deleted, the worker's
-   counters and idle state, the dependents count; then, in the same script, the next job
-   taken off the queue (into RQ's intermediate list when there is one queue, as RQ does)
-   with its hash, or "suspended" while `rq suspend` is in force.
+   counters and idle state; then, in the same script, the next job taken off the queue
+   (into RQ's intermediate list when there is one queue, as RQ does) with its hash, or
+   "suspended" while `rq suspend` is in force. A job that has dependents is not ended
+   here: the script answers "has dependents" without writing anything, and the job ends
+   through RQ's own success transaction, which moves its dependents to ready (and keeps
+   them deferred if the job was cancelled meanwhile) before the next job is taken.
 
-Jobs with anything unusual (callbacks, webhooks, repeats, rate limits, a `Retry`
-result, `result_ttl=0`) and every failure finish through RQ's own code: see
-`plain_success`.
+The batches themselves are built in `batches`. Jobs with anything unusual (callbacks,
+webhooks, repeats, rate limits, a `Retry` result, `result_ttl=0`, dependents) and every
+failure end through RQ's own code: see `batches.plain_success`.
 """
 
 from __future__ import annotations
@@ -29,42 +32,37 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import DataAccessCommands
-from redis.exceptions import NoScriptError
-from rq.executions import Execution
-from rq.job import Job, JobStatus, Retry
-from rq.results import Result
+from redis.exceptions import NoScriptError, ResponseError
 from rq.suspension import WORKERS_SUSPENDED
-from rq.utils import get_version, utcformat
-from rq.worker import WorkerStatus
-
-from trustcard.metrics.outcomes import TaskOutcome
-from trustcard.metrics.store import job_end_commands
+from rq.utils import get_version
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.connection import Connection
+    from rq.job import Job
     from rq.queue import Queue
     from rq.serializers import Serializer
-    from rq.worker import BaseWorker
 
 log = logging.getLogger(__name__)
 
 SUSPENDED = "suspended"
 """What `Bookkeeper.run` answers while `rq suspend` is in force."""
+HAS_DEPENDENTS = "has dependents"
+"""What `Bookkeeper.run` answers, having written nothing, when the ended job has dependents."""
 
 _SCRIPT = """
 local nq = tonumber(ARGV[1])
 local done = false
-if ARGV[5 + nq] then
-  for _, command in ipairs(cjson.decode(ARGV[5 + nq])) do
+if ARGV[5] ~= '' and redis.call('SCARD', ARGV[5]) > 0 then return {false, 0, 0} end
+if ARGV[6 + nq] then
+  for _, command in ipairs(cjson.decode(ARGV[6 + nq])) do
     done = redis.call(unpack(command))
   end
-  if ARGV[6 + nq] then
-    for _, command in ipairs(cjson.decode(ARGV[6 + nq])) do
+  if ARGV[7 + nq] then
+    for _, command in ipairs(cjson.decode(ARGV[7 + nq])) do
       local reply = redis.pcall(unpack(command))
       if type(reply) == 'table' and reply.err then
         local name = tostring(command[1]) .. ' ' .. tostring(command[2])
@@ -75,7 +73,7 @@ if ARGV[5 + nq] then
 end
 if nq == 0 then return {done} end
 if redis.call('EXISTS', ARGV[4]) == 1 then return {done, 1} end
-for q = 5, 4 + nq do
+for q = 6, 5 + nq do
   local key = ARGV[q]
   while true do
     local id
@@ -96,7 +94,9 @@ end
 return {done}
 """
 # ARGV: number of queues to take a job from (0: none), '1' to use RQ's intermediate list,
-# the job key prefix, the suspension key, the queue keys, then (optional) the batch as
+# the job key prefix, the suspension key, a dependents key ('' for none: when that set is
+# not empty the script does nothing and answers so, and the job's success goes through
+# RQ's own transaction, which releases its dependents), the queue keys, then (optional) the batch as
 # a JSON list of commands, and (optional) its best-effort commands (the counts for
 # /metrics), run under pcall after it: one that fails cannot stop the batch or the
 # script, nor change its answer. One argument instead of a hundred, and the job's hash as one
@@ -166,25 +166,31 @@ class Bookkeeper:
         # RQ keeps a popped job in an intermediate list only when a worker has one queue.
         self.use_intermediate = len(queues) == 1 and get_version(connection) >= (6, 2, 0)
         self._script = connection.register_script(_SCRIPT)
+        self._waiting: Connection | None = None
+        self._waiting_client = 0
 
-    def run(self, batch: CommandBatch | None, queues: list[Queue] | None) -> tuple[Any, Dequeued | str | None]:
+    def run(
+        self, batch: CommandBatch | None, queues: list[Queue] | None, dependents_key: str = ""
+    ) -> Dequeued | str | None:
         """Run `batch` (if any), then take the next job off `queues` (if given) without
-        blocking. Returns the batch's last reply and the job, `SUSPENDED` or None."""
+        blocking. Returns the job, `SUSPENDED` or None; `HAS_DEPENDENTS` (nothing run,
+        nothing taken) when the set at `dependents_key` is not empty."""
         keys = [queue.key for queue in queues] if queues else []
         args: list[Any] = [
             len(keys), "1" if self.use_intermediate else "0", self.job_class.redis_job_namespace_prefix,
-            WORKERS_SUSPENDED, *keys,
+            WORKERS_SUSPENDED, dependents_key, *keys,
         ]
         if batch is not None:
             args.extend(batch.script_args())
         answer = self._script(args=args)
-        replies = answer[0]
         if len(answer) == 1:
-            return replies, None
+            return None
         if len(answer) == 2:
-            return replies, SUSPENDED
+            return SUSPENDED
+        if len(answer) == 3:
+            return HAS_DEPENDENTS
         _, key, job_id, sizes, joined = answer
-        return replies, self._build(key, job_id, _split_hash(sizes, joined))
+        return self._build(key, job_id, _split_hash(sizes, joined))
 
     def send(self, batch: CommandBatch) -> Sent:
         """Send `batch` to run now, without waiting for Redis to answer: the job runs
@@ -192,7 +198,7 @@ class Bookkeeper:
         soon as it reads it, before the job's own commands, which come later."""
         pool = self.connection.connection_pool
         connection = pool.get_connection()
-        args = [0, "0", self.job_class.redis_job_namespace_prefix, WORKERS_SUSPENDED, *batch.script_args()]
+        args = [0, "0", self.job_class.redis_job_namespace_prefix, WORKERS_SUSPENDED, "", *batch.script_args()]
         try:
             connection.send_command("EVALSHA", self._script.sha, 0, *args)
         except BaseException:
@@ -215,16 +221,25 @@ class Bookkeeper:
             pool.release(sent.connection)
 
     def wait(self, queues: list[Queue], block_seconds: float) -> Dequeued | None:
-        """Wait up to `block_seconds` for a job, as RQ does: BLMOVE on one queue, BLPOP on several."""
+        """Wait up to `block_seconds` for a job, as RQ does: BLMOVE on one queue, BLPOP on
+        several, on a connection of its own whose client id `waiting_client` gives (a
+        `CLIENT UNBLOCK` of it ends the wait at once, as a timeout: nothing is lost)."""
         keys = [queue.key for queue in queues]
-        if self.use_intermediate:
-            job_id = self.connection.blmove(keys[0], keys[0] + ":intermediate", block_seconds)
-            key: bytes | str = keys[0]
-        else:
-            popped = self.connection.blpop(keys, block_seconds)
-            if popped is None:
-                return None
-            key, job_id = popped
+        connection = self._waiting_connection()
+        try:
+            if self.use_intermediate:
+                connection.send_command("BLMOVE", keys[0], keys[0] + ":intermediate", "LEFT", "RIGHT", block_seconds)
+                job_id = connection.read_response()
+                key: bytes | str = keys[0]
+            else:
+                connection.send_command("BLPOP", *keys, block_seconds)
+                popped = connection.read_response()
+                if popped is None:
+                    return None
+                key, job_id = popped
+        except BaseException:
+            self._drop_waiting_connection()
+            raise
         if job_id is None:
             return None
         id_text = job_id.decode() if isinstance(job_id, bytes) else job_id
@@ -232,6 +247,31 @@ class Bookkeeper:
         if not raw:
             return None  # gone since it was queued; RQ skips it too
         return self._build(key, id_text, raw)
+
+    def prepare_wait(self) -> int:
+        """Make sure `wait` has its connection; returns its Redis client id (0: unknown)."""
+        self._waiting_connection()
+        return self._waiting_client
+
+    def _waiting_connection(self) -> Connection:
+        if self._waiting is None:
+            connection = self.connection.connection_pool.make_connection()
+            try:
+                connection.send_command("CLIENT", "ID")
+                self._waiting_client = int(connection.read_response())
+            except ResponseError:
+                self._waiting_client = 0  # a Redis without CLIENT ID: waits end by their timeout
+            except BaseException:
+                connection.disconnect()
+                raise
+            self._waiting = connection
+        return self._waiting
+
+    def _drop_waiting_connection(self) -> None:
+        if self._waiting is not None:
+            self._waiting.disconnect()
+        self._waiting = None
+        self._waiting_client = 0
 
     def _build(self, key: bytes | str, job_id: bytes | str, raw: dict[bytes, bytes]) -> Dequeued:
         key_text = key.decode() if isinstance(key, bytes) else key
@@ -249,67 +289,3 @@ def _split_hash(sizes: bytes, joined: bytes) -> dict[bytes, bytes]:
         parts.append(joined[offset : offset + size])
         offset += size
     return dict(zip(parts[::2], parts[1::2], strict=True))
-
-
-def start_batch(worker: BaseWorker, job: Job, heartbeat_ttl: int, intermediate_key: str | None) -> tuple[
-    CommandBatch, Execution
-]:
-    """The commands that start `job`: RQ's `prepare_execution` + `prepare_job_execution`,
-    without the worker heartbeat (the supervisor keeps that) and the second job heartbeat."""
-    batch = CommandBatch()
-    execution = Execution.create(job, heartbeat_ttl, pipeline=batch, worker_name=worker.name)  # type: ignore[arg-type]
-    worker.set_state(WorkerStatus.BUSY, pipeline=batch)  # type: ignore[arg-type]
-    job.prepare_for_execution(worker.name, batch)  # type: ignore[arg-type]
-    batch.persist(job.key)
-    if intermediate_key is not None:
-        batch.lrem(intermediate_key, 1, job.id)
-    return batch, execution
-
-
-def plain_success(job: Job, return_value: Any, result_ttl: int) -> bool:
-    """True when finishing `job` needs nothing beyond `success_batch`."""
-    return (
-        result_ttl != 0
-        and not isinstance(return_value, Retry)
-        and not job._success_callback_name
-        and not job.webhooks
-        and job.repeats_left is None
-        and not job.has_rate_limit
-    )
-
-
-def success_batch(
-    worker: BaseWorker, job: Job, execution: Execution, return_value: Any, result_ttl: int, ended_at: datetime
-) -> CommandBatch:
-    """What RQ's `handle_job_success` writes for a plain job, ending with the count of its
-    dependents (read in the same atomic script: a dependent enqueued later sees this job
-    finished), and its count for /metrics (best effort). The job hash is not written back
-    whole: only its status, end time and heartbeat changed since it started."""
-    job.ended_at = ended_at
-    job.last_heartbeat = ended_at
-    job._status = JobStatus.FINISHED
-    job._result = return_value
-    stamp = utcformat(ended_at)
-    assert job.started_at is not None
-    batch = CommandBatch()
-    batch.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": stamp, "last_heartbeat": stamp})
-    Result.create(
-        job,
-        Result.Type.SUCCESSFUL,
-        return_value=return_value,
-        ttl=result_ttl,
-        worker_name=worker.name,
-        pipeline=batch,
-        execution_id=execution.id,
-        execution_started_at=execution.created_at,
-        execution_ended_at=ended_at,
-    )
-    job.finished_job_registry.add(job, result_ttl, batch)  # type: ignore[arg-type]
-    job.cleanup(result_ttl, pipeline=batch, remove_from_queue=False)  # type: ignore[arg-type]
-    execution.delete(job=job, pipeline=batch)  # type: ignore[arg-type]
-    worker.increment_successful_job_count(pipeline=batch)  # type: ignore[arg-type]
-    worker.increment_total_working_time(ended_at - job.started_at, batch)  # type: ignore[arg-type]
-    worker.set_state(WorkerStatus.IDLE, pipeline=batch)  # type: ignore[arg-type]
-    batch.scard(job.dependents_key)
-    batch.best_effort.extend(job_end_commands(job, TaskOutcome.COMPLETED))
-    return batch

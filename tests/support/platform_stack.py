@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,11 @@ from typing import Any
 
 import redis
 
-from tests.integration.conftest import BIN, ROOT, wait_until
+from tests.support.paths import BIN, ROOT
+from tests.support.ports import port_answers
+from tests.support.processes import alive, process_tree, send_signal
+from tests.support.redis_server import pings
+from tests.support.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,7 @@ class TlsRedis:
         )
         client = self.client()
         try:
-            wait_until(lambda: self.process.poll() is not None or _pings(client), 15, f"TLS redis on {self.port}")
+            wait_until(lambda: self.process.poll() is not None or pings(client), 15, f"TLS redis on {self.port}")
         finally:
             client.close()
         assert self.process.poll() is None, f"TLS redis on {self.port} exited:\n{self.log_path.read_text()}"
@@ -161,13 +164,6 @@ class TlsRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except (redis.exceptions.ConnectionError, OSError):
-        return False
 
 
 # --- the router -----------------------------------------------------------------------
@@ -259,7 +255,7 @@ class Router:
             start_new_session=True,
         )
         wait_until(
-            lambda: self.process.poll() is not None or _connects(self.port), 15, f"nginx on port {self.port}"
+            lambda: self.process.poll() is not None or port_answers(self.port), 15, f"nginx on port {self.port}"
         )
         assert self.process.poll() is None, f"nginx exited:\n{error_log.read_text(errors='replace')}"
 
@@ -271,12 +267,6 @@ class Router:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-
-
-def _connects(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # --- the Procfile under honcho ----------------------------------------------------------
@@ -354,14 +344,14 @@ class Honcho:
         assert self.process is not None
         signalled = self.tree()
         for pid in signalled:
-            _signal(pid, signal.SIGTERM)
+            send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + PLATFORM_GRACE_SECONDS
-        while time.monotonic() < deadline and _alive(signalled):
+        while time.monotonic() < deadline and alive(signalled):
             self.process.poll()
             time.sleep(0.1)
-        self.left_at_kill = sorted(_alive(signalled) | _alive(self.tree()))
+        self.left_at_kill = sorted(alive(signalled) | alive(self.tree()))
         for pid in self.left_at_kill:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         self.process.wait(10)
         self._log_file.close()
         return self.left_at_kill
@@ -372,50 +362,10 @@ class Honcho:
             return
         if self.process.poll() is None:
             for pid in self.tree():
-                _signal(pid, signal.SIGKILL)
+                send_signal(pid, signal.SIGKILL)
             self.process.wait(10)
         if self._log_file is not None and not self._log_file.closed:
             self._log_file.close()
-
-
-def process_tree(root: int) -> dict[int, str]:
-    """pid -> start time of `root` and its descendants (the start time guards against reuse)."""
-    table: dict[int, tuple[int, str]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(stat.parent.name)] = (int(fields[1]), fields[19])
-    if root not in table:
-        return {}
-    found = {root: table[root][1]}
-    parents = {root}
-    while parents:
-        children = {pid for pid, (parent, _) in table.items() if parent in parents and pid not in found}
-        found.update({pid: table[pid][1] for pid in children})
-        parents = children
-    return found
-
-
-def _alive(processes: dict[int, str]) -> set[int]:
-    """Those of `processes` still running as the same processes (zombies count as gone)."""
-    alive = set()
-    for pid, started in processes.items():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[19] == started and fields[0] != "Z":
-            alive.add(pid)
-    return alive
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 # --- HTTP from many client addresses ----------------------------------------------------

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from trustcard.models import Base
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_config(url: str) -> Config:

@@ -1,4 +1,4 @@
-"""The FastWorker supervisor's bookkeeping when its job process dies between jobs, on fakeredis.
+"""The supervisor's records when its job process dies between jobs, on fakeredis.
 
 The integration tests kill real job processes; the moment between a job process taking a
 job off its queue and starting it is too short to hit from outside, so this is tested here.
@@ -15,7 +15,10 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from workers.fast.worker import MAX_DEATHS_BEFORE_START, FastWorker
+from trustcard import rq_seams
+
+from workers.supervisor import JobProcessSupervisor
+from workers.supervisor.deaths import MAX_DEATHS_BEFORE_START
 
 
 @pytest.fixture
@@ -24,8 +27,8 @@ def queue(fake_redis: fakeredis.FakeRedis) -> Queue:
 
 
 @pytest.fixture
-def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[FastWorker]:
-    yield FastWorker([queue], connection=fake_redis, serializer=JSONSerializer)
+def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[JobProcessSupervisor]:
+    yield JobProcessSupervisor([queue], connection=fake_redis, serializer=JSONSerializer)
 
 
 def taken_off_the_queue(queue: Queue, job_id: str) -> None:
@@ -35,24 +38,24 @@ def taken_off_the_queue(queue: Queue, job_id: str) -> None:
     connection.rpush(queue.intermediate_queue_key, job_id)
 
 
-def test_a_job_taken_but_not_started_goes_back_to_the_front(worker: FastWorker, queue: Queue) -> None:
+def test_a_job_taken_but_not_started_goes_back_to_the_front(worker: JobProcessSupervisor, queue: Queue) -> None:
     waiting = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     taken = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 2, "y": 2})
     taken_off_the_queue(queue, taken.id)
-    worker._put_back(taken.id)
+    worker._poison_pills.put_back(taken.id)
     assert queue.get_job_ids() == [taken.id, waiting.id]
     assert queue.connection.lrange(queue.intermediate_queue_key, 0, -1) == []
     assert taken.get_status(refresh=True) == JobStatus.QUEUED
 
 
-def test_a_job_that_keeps_killing_its_job_process_is_failed_with_the_reason(worker: FastWorker, queue: Queue) -> None:
+def test_a_job_that_keeps_killing_its_job_process_is_failed_with_the_reason(worker: JobProcessSupervisor, queue: Queue) -> None:
     poison = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     for _ in range(MAX_DEATHS_BEFORE_START - 1):
         taken_off_the_queue(queue, poison.id)
-        worker._put_back(poison.id)
+        worker._poison_pills.put_back(poison.id)
         assert queue.get_job_ids() == [poison.id]
     taken_off_the_queue(queue, poison.id)
-    worker._put_back(poison.id)
+    worker._poison_pills.put_back(poison.id)
     assert queue.get_job_ids() == []
     assert queue.connection.lrange(queue.intermediate_queue_key, 0, -1) == []
     assert poison.get_status(refresh=True) == JobStatus.FAILED
@@ -80,14 +83,14 @@ class _Scheduler:
         self.restarts += 1
 
 
-def test_an_exited_scheduler_is_started_again_while_the_worker_runs(worker: FastWorker) -> None:
+def test_an_exited_scheduler_is_started_again_while_the_worker_runs(worker: JobProcessSupervisor) -> None:
     worker.scheduler = _Scheduler()  # type: ignore[assignment]
-    worker._revive_scheduler()
+    worker._scheduler_keeper.revive(worker.scheduler, rq_seams.stop_requested(worker))
     assert worker.scheduler.restarts == 1  # type: ignore[attr-defined]
 
 
-def test_an_exited_scheduler_is_left_alone_once_shutdown_was_requested(worker: FastWorker) -> None:
+def test_an_exited_scheduler_is_left_alone_once_shutdown_was_requested(worker: JobProcessSupervisor) -> None:
     worker.scheduler = _Scheduler()  # type: ignore[assignment]
-    worker._stop_requested = True  # a deploy's SIGTERM reached the scheduler too
-    worker._revive_scheduler()
+    rq_seams.set_stop_requested(worker)  # a deploy's SIGTERM reached the scheduler too
+    worker._scheduler_keeper.revive(worker.scheduler, rq_seams.stop_requested(worker))
     assert worker.scheduler.restarts == 0  # type: ignore[attr-defined]

@@ -1,0 +1,62 @@
+"""The RQ contract harness's own parts: what it reads, and the two rules it relaxes."""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from types import ModuleType
+
+import fakeredis
+from rq.job import Job
+from rq.serializers import DefaultSerializer, JSONSerializer
+
+from tests.rq_contract.suite import EXPECTED_FAILURES, PLUGIN_DIR, pinned_rq_version, procfile_worker_class
+from workers.job import CatalogueJob
+
+
+def _setup_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rq_contract_setup", PLUGIN_DIR / "rq_contract_setup.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_it_reads_the_pinned_rq_and_the_procfiles_worker_class() -> None:
+    import rq
+
+    assert pinned_rq_version() == rq.__version__
+    worker_class = _import(procfile_worker_class())
+    assert issubclass(worker_class, rq.worker.Worker)
+
+
+def test_the_worker_forces_json_and_the_catalogue_and_the_relaxed_one_does_not() -> None:
+    worker_class = _import(procfile_worker_class())
+    connection = fakeredis.FakeRedis()
+    strict = worker_class(["default"], connection=connection)
+    assert strict.serializer is JSONSerializer and strict.job_class is CatalogueJob
+
+    relaxed_class = _setup_module().relaxed(worker_class)
+    relaxed = relaxed_class(["default"], connection=connection)
+    assert relaxed.serializer is DefaultSerializer and relaxed.job_class is Job
+    assert isinstance(relaxed, worker_class)
+
+    class CustomJob(Job):
+        pass
+
+    assert relaxed_class(["default"], connection=connection, job_class=CustomJob).job_class is CustomJob
+    assert type("Sub", (relaxed_class,), {"job_class": CustomJob})(["default"], connection=connection).job_class is CustomJob
+
+
+def test_every_expected_failure_says_its_kind_and_reason() -> None:
+    entries = tomllib.loads(EXPECTED_FAILURES.read_text())
+    assert entries
+    for node_id, entry in entries.items():
+        assert node_id.startswith("tests/test_") and "::" in node_id, node_id
+        assert entry["kind"] in ("intended", "to-be-fixed"), node_id
+        assert len(entry["reason"]) > 20, node_id
