@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from trustcard.analyses.stages import DEFAULT_STAGES
 from trustcard.params import AddParams, FailParams, JobParams, NoParams, PostParams, SleepParams
-
-ANALYSIS_QUEUE = "analysis"
-WEBHOOKS_QUEUE = "webhooks"
+from trustcard.queue_names import ANALYSIS_QUEUE, PRIORITY_ORDER, WEBHOOKS_QUEUE
 
 
 @dataclass(frozen=True)
@@ -97,10 +96,39 @@ WEBHOOK_DELIVERY = JobType(
 Its queue comes first in `QUEUE_NAMES`: deliveries are small and late ones are useless,
 so a worker takes them before a backlog of analyses."""
 
-ALL_JOB_TYPES: tuple[JobType, ...] = (WEBHOOK_DELIVERY, *JOB_TYPES)
+ANALYSIS_STAGE = JobType(
+    name="analysis.stage",
+    function="workers.analysis_runner.run_stage",
+    params=NoParams,
+    summary="Run one stage of an analysis, store its output, hand the analysis on to the next stage.",
+    internal=True,
+)
+"""Each stage's job: its queue, limits and retries come from its stage declaration
+(`trustcard.analyses.stages`) when it is enqueued, not from here."""
+
+ANALYSIS_DELIVERY = JobType(
+    name="analyses.deliver",
+    function="workers.analysis_webhooks.deliver",
+    params=NoParams,
+    summary="POST an ended analysis to its Callback-URL, signed; retried as task deliveries are.",
+    queue=WEBHOOKS_QUEUE,
+    soft_timeout=WEBHOOK_DELIVERY.soft_timeout,
+    hard_timeout=WEBHOOK_DELIVERY.hard_timeout,
+    result_ttl=WEBHOOK_DELIVERY.result_ttl,
+    retries=WEBHOOK_DELIVERY.retries,
+    retry_backoff=WEBHOOK_DELIVERY.retry_backoff,
+    internal=True,
+)
+
+ALL_JOB_TYPES: tuple[JobType, ...] = (WEBHOOK_DELIVERY, *JOB_TYPES, ANALYSIS_STAGE, ANALYSIS_DELIVERY)
 BY_NAME: dict[str, JobType] = {job_type.name: job_type for job_type in ALL_JOB_TYPES}
 BY_FUNCTION: dict[str, JobType] = {job_type.function: job_type for job_type in ALL_JOB_TYPES}
-QUEUE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(job_type.queue for job_type in ALL_JOB_TYPES))
+_USED_QUEUES = {job_type.queue for job_type in ALL_JOB_TYPES} | {stage.queue for stage in DEFAULT_STAGES}
+QUEUE_NAMES: tuple[str, ...] = tuple(
+    [name for name in PRIORITY_ORDER if name in _USED_QUEUES] + sorted(_USED_QUEUES - set(PRIORITY_ORDER))
+)
+"""Every queue a job type or a stage uses, in the order a worker serving all of them
+looks at them (`trustcard.queue_names.PRIORITY_ORDER`)."""
 
 
 def find_by_route(route: str) -> JobType | None:

@@ -167,3 +167,36 @@ class QueueFull(ServiceUnavailable):
 
     code = "queue_full"
     retry_after_seconds = 30
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database does not answer."""
+
+    code = "database_unavailable"
+
+
+class AnalysisNotFound(NotFound):
+    """No such analysis."""
+
+    code = "analysis_not_found"
+
+
+class AnalysisAlreadyEnded(TrustCardError):
+    """The analysis has already ended; `status` says how."""
+
+    status_code = 409
+    code = "analysis_already_ended"
+    example = {"status": "completed"}
+
+    class Details(BaseModel):
+        status: str = Field(description="completed, failed or cancelled.")
+
+
+class AnalysisNotRetryable(TrustCardError):
+    """Only a failed or cancelled analysis can be retried, and only while no other analysis of its post is under way."""
+
+    status_code = 409
+    code = "analysis_not_retryable"
+
+    class Details(BaseModel):
+        status: str | None = Field(default=None, description="The analysis's status, when that is the reason.")

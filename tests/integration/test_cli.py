@@ -140,7 +140,7 @@ def test_wait_on_a_terminal_draws_a_live_bar_while_running_lists_the_task(
     table = trustcard(web, "running")
     assert table.returncode == 0 and task["task_id"] in table.stdout and table.stdout.endswith("1 running\n")
     health = trustcard_json(web, "health")
-    assert (health["status"], health["workers"], health["queues"]) == ("healthy", 1, {"webhooks": 0, "analysis": 0})
+    assert (health["status"], health["workers"], health["queues"]) == ("healthy", 1, {"webhooks": 0, "analysis": 0, "models": 0, "ingest": 0})
 
     stdout, _ = waiting.communicate(timeout=60)
     reader.join(10)

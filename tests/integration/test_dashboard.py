@@ -48,7 +48,7 @@ def test_workers_view_lists_the_running_json_job(busy: tuple[Stack, dict[str, st
     [worker] = response.get_json()["workers"]
     assert worker["current_job"]["job_id"] == tasks["started"]
     assert worker["current_job"]["call_string"] == f"workers.diagnostics.sleep(seconds={RUNNING_SECONDS})"
-    assert worker["queues"] == ["webhooks", "analysis"]
+    assert worker["queues"] == ["webhooks", "analysis", "models", "ingest"]
     page = stack.client.get("/rq/0/view/workers", auth=LOGIN)
     assert page.status_code == 200
     assert stack.task(tasks["started"])["status"] == "started"  # it was running all along

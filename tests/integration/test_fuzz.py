@@ -10,7 +10,9 @@ shared with scripts/fuzz.py, which runs the same over HTTP against gunicorn and 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -18,6 +20,7 @@ from redis import Redis
 
 from tests.support.fuzzing import EXCLUDED_CHECKS, StatusLog, check_submission, config, hypothesis_settings, workflow_machine
 from tests.support.stack import REDIS_URL
+from tests.support.migrations import upgrade
 from trustcard.api.app import create_app
 from trustcard.config import load_settings
 
@@ -27,7 +30,10 @@ API_KEY = "fuzz-test-key"
 MAX_EXAMPLES = 50
 """Per operation and phase: about 900 requests in all, some seconds on a quiet machine."""
 
-SETTINGS = {"REDIS_URL": REDIS_URL, "DATABASE_URL": "sqlite://", "SECRET_KEY": "fuzz", "API_KEY": API_KEY}
+DATABASE_URL = f"sqlite:///{Path(tempfile.mkdtemp(prefix='trustcard-fuzz-')) / 'fuzz.db'}"
+"""Migrated, because the analysis endpoints read and write their table."""
+upgrade(DATABASE_URL)
+SETTINGS = {"REDIS_URL": REDIS_URL, "DATABASE_URL": DATABASE_URL, "SECRET_KEY": "fuzz", "API_KEY": API_KEY}
 APP = create_app(load_settings(SETTINGS))
 """Built at import, because Schemathesis generates its tests from the document when the
 module is collected. Building the app touches neither Redis nor the database."""

@@ -241,4 +241,4 @@ def test_with_webhook_secret_a_private_callback_url_is_refused_with_422_through_
         assert status == 422, body
         assert body["error"] == "validation_error" and body["problems"][0]["parameter"] == "Callback-URL"
         assert "WEBHOOK_ALLOW_PRIVATE" in body["message"]
-    assert stack.client.get("/health").get_json()["queues"] == {"webhooks": 0, "analysis": 0}
+    assert stack.client.get("/health").get_json()["queues"] == {"webhooks": 0, "analysis": 0, "models": 0, "ingest": 0}

@@ -130,7 +130,7 @@ def test_health_reports_every_part(client: FlaskClient) -> None:
         "status": "healthy",
         "database": "connected",
         "workers": 0,
-        "queues": {"webhooks": 0, "analysis": 0},
+        "queues": {"webhooks": 0, "analysis": 0, "models": 0, "ingest": 0},
         "redis": "connected",
     }
 

@@ -173,12 +173,12 @@ def test_health_shows_redis_database_workers_and_queues(api: Api) -> None:
     result = run(api, "--json", "health")
     answer = json.loads(result.stdout)
     assert result.exit_code == 0 and answer["redis"] == "connected" and answer["workers"] == 0
-    assert answer["queues"] == {"webhooks": 0, "analysis": 1}
+    assert answer["queues"] == {"webhooks": 0, "analysis": 1, "models": 0, "ingest": 0}
     plain = run(api, "health")
     assert plain.exit_code == 0
     assert plain.stdout.splitlines() == [
         "status:   healthy", "redis:    connected", "database: connected", "workers:  0",
-        "queues:   webhooks=0 analysis=1",
+        "queues:   webhooks=0 analysis=1 models=0 ingest=0",
     ]
 
 

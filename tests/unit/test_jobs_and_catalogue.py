@@ -32,12 +32,12 @@ def test_names_routes_and_functions_are_unique() -> None:
         assert find_by_route(job_type.route) is job_type
     assert find_by_route("test/long") is BY_NAME["test.long"]
     assert find_by_route("nothing/here") is None
-    assert QUEUE_NAMES == ("webhooks", "analysis")
+    assert QUEUE_NAMES == ("webhooks", "analysis", "models", "ingest")
 
 
 def test_internal_job_types_have_no_route_and_are_not_listed_for_clients() -> None:
     internal = [job_type for job_type in ALL_JOB_TYPES if job_type.internal]
-    assert [job_type.name for job_type in internal] == ["webhooks.deliver"]
+    assert [job_type.name for job_type in internal] == ["webhooks.deliver", "analysis.stage", "analyses.deliver"]
     for job_type in internal:
         assert find_by_route(job_type.route) is None and job_type not in JOB_TYPES
         assert BY_FUNCTION[job_type.function] is job_type  # workers still run it

@@ -251,7 +251,7 @@ def test_bearer_scheme_guards_the_task_endpoints_only_when_api_key_is_set(tmp_pa
             "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
         }
         for path, method, operation in operations(document):
-            if path.startswith("/tasks"):
+            if path.startswith(("/tasks", "/analyses")):
                 assert operation["security"] == [{"bearerAuth": []}], f"{method} {path}"
                 assert "401" in operation["responses"]
             else:

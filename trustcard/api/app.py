@@ -21,7 +21,8 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
     from trustcard import rq_speedups
-    from trustcard.api import auth, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
+    from trustcard.analyses.service import AnalysisService
+    from trustcard.api import analysis_routes, auth, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.extensions["trustcard.redis"] = redis
     app.extensions["trustcard.engine"] = make_engine(settings.database_url)
     app.extensions["trustcard.task_service"] = TaskService(redis, settings)
+    app.extensions["trustcard.analysis_service"] = AnalysisService(
+        app.extensions["trustcard.engine"], redis, settings, app.extensions["trustcard.task_service"]
+    )
     app.extensions["trustcard.ratelimiter"] = RateLimiter(redis, settings)
     event_hub.init_app(app, settings, given_redis)
 
@@ -50,6 +54,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.before_request(request_body.refuse_oversized_body)
     errors.init_app(app)
     app.register_blueprint(task_routes.bp)
+    app.register_blueprint(analysis_routes.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     metrics.init_app(app)

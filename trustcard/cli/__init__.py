@@ -1,1 +1,3 @@
 """The `trustcard` command: a client of the HTTP API, for people at a terminal."""
+
+from trustcard.cli import analyse as _analyse  # noqa: F401  registers `trustcard analyse` on the group

@@ -136,6 +136,12 @@ class ApiClient:
     def running(self) -> dict[str, Any]:
         return dict(self.request("GET", "/tasks/"))
 
+    def submit_analysis(self, url: str) -> dict[str, Any]:
+        return dict(self.request("POST", "/analyses", {"url": url}))
+
+    def analysis(self, analysis_id: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/analyses/{_segment(analysis_id)}"))
+
     def health(self) -> dict[str, Any]:
         """The health report, also when it is a 503 naming the failing part."""
         try:
