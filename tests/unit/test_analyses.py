@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from tests import stage_probes
 from tests.support.migrations import upgrade
 from trustcard.analyses import records, stages
+from trustcard.analyses.stage_jobs import new_job_id
 from trustcard.analyses.urls import parse_post_url
 from trustcard.api.app import create_app
 from trustcard.catalogue import QUEUE_NAMES
@@ -383,3 +384,34 @@ def test_events_stream_the_state_each_change_and_the_end(
     assert json.loads(events[-1].splitlines()[2].removeprefix("data: "))["status"] == "completed"
     assert len(names) == 6  # state, one update per stage before the last, end
     assert client.get("/analyses/nope/events").status_code == 404
+
+
+def test_a_stage_that_stored_its_output_but_died_before_handing_on_is_handed_on_when_read(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis
+) -> None:
+    """The crash window of the hand-off: the output and the next job's id are stored, then
+    the worker dies before it enqueues that job, and the stage has no retry left."""
+    analysis = submit(client)
+    engine = app.extensions["trustcard.engine"]
+
+    def stored_without_hand_off(row: Any, entries: records.StageEntries) -> tuple[str, str]:
+        row.status = "running"
+        entries[0].update(status="completed", output={"caption": "stored"})
+        entries[1]["job_id"] = new_job_id()
+        return str(entries[0]["job_id"]), str(entries[1]["job_id"])
+
+    first_job_id, next_job_id = records.change(engine, analysis["id"], stored_without_hand_off)
+    assert read(client, analysis["id"])["status"] == "running"
+    assert not redis.exists(Job.key_for(next_job_id)), "handed on while the first stage's job had not ended"
+
+    first_job = Job.fetch(first_job_id, connection=redis, serializer=JSONSerializer)
+    with redis.pipeline() as pipeline:
+        record_job_failure(first_job, "JobProcessCrashed: the job process died", pipeline)
+        pipeline.execute()
+    assert read(client, analysis["id"])["status"] == "running"
+    assert redis.exists(Job.key_for(next_job_id)), "the next stage was not queued when read"
+    work(redis)
+    ended = read(client, analysis["id"])
+    assert ended["status"] == "completed", ended
+    assert ended["stages"][0]["output"] == {"caption": "stored"}
+    assert [stage["status"] for stage in ended["stages"]] == ["completed"] * len(ended["stages"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
+from rq.job import Job
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -182,6 +183,9 @@ class AnalysisService:
         """A running stage whose job failed without recording it (killed at its hard limit,
         its worker gone) fails the analysis now, with the job's reason."""
         running = next((e for e in row.stages if e["status"] == "running" and e.get("job_id")), None)
+        if row.status == "running" and running is None:
+            self._hand_on_if_stranded(row)
+            return row
         if row.status != "running" or running is None:
             return row
         try:
@@ -201,6 +205,29 @@ class AnalysisService:
         records.change(self.engine, row.id, apply)
         deliver_if_ended(self.engine, self.connection, row.id)
         return self._row(row.id)
+
+    def _hand_on_if_stranded(self, row: Analysis) -> None:
+        """A stage stored its output, then its job ended before it handed on (its worker
+        killed in between, no retry left): the next stage's job, whose id the same write
+        reserved, is enqueued now, as that job would have. Only once the job has ended, so
+        a hand-off still under way is not raced; only when the next job is not in Redis."""
+        following = next((i for i, e in enumerate(row.stages) if e["status"] == "pending"), None)
+        if not following:  # none pending, or the first: submission enqueues that one
+            return
+        previous, entry = row.stages[following - 1], row.stages[following]
+        if previous["status"] != "completed" or not previous.get("job_id") or not entry.get("job_id"):
+            return
+        if self.connection.exists(Job.key_for(str(entry["job_id"]))):
+            return
+        try:
+            handing_on = self.tasks.get(str(previous["job_id"]))
+        except (TaskNotFound, QueueUnavailable):  # Redis flushed or down: nothing to go on
+            return
+        if handing_on.status != "failed":
+            return
+        log.warning("analysis %s: stage %s stored its output but did not hand on; %s queued now",
+                    row.id, previous["name"], entry["name"])
+        self._enqueue(row.id, str(entry["name"]), str(entry["job_id"]), submitted_by=row.submitted_by)
 
     @database_required
     def history(self, *, url: object | None, status: str | None, cursor: str | None,
