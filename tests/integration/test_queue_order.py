@@ -1,5 +1,6 @@
-"""The order a worker serving every queue takes jobs in: the Procfile's strict priority, and
-what RQ's `--dequeue-strategy round_robin` changes (measured on our worker class)."""
+"""The order a worker serving every queue takes jobs in: the Procfile's line takes them in turn
+(`--dequeue-strategy round_robin`), so a flood on one queue cannot hold the others back; without
+that option it is RQ's strict priority (measured on our worker class both ways)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ pytestmark = pytest.mark.integration
 FLOOD = 20
 
 
-def start(stack: Stack, *extra: str) -> WorkerProcess:
-    command = procfile_command("worker")
-    command[2:2] = list(extra)  # after `rq worker`
-    log_path = stack.log_dir / f"worker-order{'-'.join(extra)}.log"
+def start(stack: Stack, command: list[str]) -> WorkerProcess:
+    log_path = stack.log_dir / f"worker-order-{len(stack.logs)}.log"
     stack.logs.append(log_path)
     group = ProcessGroup.start(log_path.stem, command, {**os.environ, **stack.env}, log_path)
     worker = WorkerProcess(group.name, group.process, group.log_path)
@@ -33,7 +32,13 @@ def start(stack: Stack, *extra: str) -> WorkerProcess:
     return worker
 
 
-def flood_then_one(stack: Stack, *extra: str) -> int:
+def without_dequeue_strategy(command: list[str]) -> list[str]:
+    """The worker line with RQ's default dequeue strategy (strict priority by queue order)."""
+    at = command.index("--dequeue-strategy")
+    return command[:at] + command[at + 2:]
+
+
+def flood_then_one(stack: Stack, command: list[str]) -> int:
     """FLOOD short jobs on `webhooks` (first in the order), one on `ingest` (last); start the
     worker; how many of the flood were still waiting when the `ingest` job ended."""
     connection = redis_client(stack.settings)
@@ -43,16 +48,17 @@ def flood_then_one(stack: Stack, *extra: str) -> int:
         for _ in range(FLOOD):
             webhooks.enqueue_call("workers.diagnostics.sleep", kwargs={"seconds": 0.1})
         last: Job = ingest.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 2})
-        start(stack, *extra).wait_registered(stack.settings)
+        start(stack, command).wait_registered(stack.settings)
         wait_until(lambda: last.get_status(refresh=True) == "finished", 30, "the ingest job")
         return webhooks.count
     finally:
         connection.close()
 
 
-def test_the_procfile_order_is_a_strict_priority(make_stack: Callable[..., Stack]) -> None:
-    assert flood_then_one(make_stack()) == 0  # the last queue waited for the whole flood
+def test_the_procfile_worker_takes_its_queues_in_turn(make_stack: Callable[..., Stack]) -> None:
+    assert flood_then_one(make_stack(), procfile_command("worker")) >= FLOOD - 3
 
 
-def test_round_robin_takes_the_other_queues_in_turn(make_stack: Callable[..., Stack]) -> None:
-    assert flood_then_one(make_stack(), "--dequeue-strategy", "round_robin") >= FLOOD - 3
+def test_without_dequeue_strategy_the_queue_order_is_a_strict_priority(make_stack: Callable[..., Stack]) -> None:
+    command = without_dequeue_strategy(procfile_command("worker"))
+    assert flood_then_one(make_stack(), command) == 0  # the last queue waited for the whole flood

@@ -76,7 +76,9 @@ def test_worker_line_serves_every_catalogued_queue_with_our_worker_and_json() ->
     assert words[words.index("--serializer") + 1] == "rq.serializers.JSONSerializer"
     assert words[words.index("--config") + 1] == "workers.settings"
     assert "--with-scheduler" in words  # delayed retries need it
-    options_with_values = {"--worker-class", "--serializer", "--config"}
+    # each queue in turn: a flood on one cannot hold the others back (README, "Queues and workers")
+    assert words[words.index("--dequeue-strategy") + 1] == "round_robin"
+    options_with_values = {"--worker-class", "--serializer", "--config", "--dequeue-strategy"}
     queues = [
         word
         for previous, word in zip(words[1:], words[2:])
