@@ -18,7 +18,6 @@ the right result. A benchmark, not a test: the suite runs it only at a small siz
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -34,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
 
+from tests.support.http_connection import KeepAliveConnection  # noqa: E402
 from tests.support.procfile_stack import StackFailed, procfile_stack  # noqa: E402
 
 
@@ -48,34 +48,14 @@ def own_stack(workers: int, web_processes: int) -> Iterator[str]:
             raise SystemExit(f"load: {error}") from None
 
 
-class Connection:
-    """One keep-alive HTTP connection, reopened when the server closes it."""
+class Connection(KeepAliveConnection):
+    """One client's keep-alive connection to the service at `url`, with its API key."""
 
     def __init__(self, url: str, api_key: str | None = None, source_address: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
-        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.source = (source_address, 0) if source_address else None
-        self.connection: http.client.HTTPConnection | None = None
-        self.retry_after = 0.0
-
-    def request(self, method: str, path: str) -> tuple[int, bytes]:
-        for attempt in (1, 2):
-            if self.connection is None:
-                self.connection = http.client.HTTPConnection(
-                    self.host, self.port, timeout=30, source_address=self.source
-                )
-            try:
-                self.connection.request(method, path, headers=self.headers)
-                response = self.connection.getresponse()
-                self.retry_after = float(response.headers.get("Retry-After") or 0)
-                return response.status, response.read()
-            except (http.client.HTTPException, ConnectionError):
-                self.connection.close()
-                self.connection = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        super().__init__(parsed.hostname or "127.0.0.1", parsed.port or 80,
+                         headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+                         source_address=source_address)
 
 
 def call(connection: Connection, method: str, path: str) -> tuple[int, dict]:

@@ -19,8 +19,6 @@ value. A benchmark, not a test: the suite runs it only at a small size.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import resource
 import selectors
 import signal
@@ -41,6 +39,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
 
+from tests.support.http_connection import KeepAliveConnection  # noqa: E402
 from tests.support.procfile_stack import ProcfileStack, StackFailed, procfile_stack  # noqa: E402
 
 LONG_TASK_SECONDS = 3600
@@ -67,31 +66,14 @@ def own_stack(scratch: Path) -> Iterator[ProcfileStack]:
         raise SystemExit(f"streams bench: {error}") from None
 
 
-class Client:
+class Client(KeepAliveConnection):
     """One keep-alive HTTP connection (an ordinary API client)."""
 
     def __init__(self, port: int, source: str | None = None) -> None:
-        self.port = port
-        self.source = (source, 0) if source else None
-        self.connection: http.client.HTTPConnection | None = None
+        super().__init__("127.0.0.1", port, source_address=source)
 
     def call(self, method: str, path: str) -> tuple[int, dict]:
-        for attempt in (1, 2):
-            if self.connection is None:
-                self.connection = http.client.HTTPConnection(
-                    "127.0.0.1", self.port, timeout=30, source_address=self.source
-                )
-            try:
-                self.connection.request(method, path)
-                response = self.connection.getresponse()
-                body = response.read()
-                return response.status, json.loads(body) if body else {}
-            except (http.client.HTTPException, ConnectionError):
-                self.connection.close()
-                self.connection = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return self.request_json(method, path)
 
 
 def submit(client: Client, path: str) -> str:
