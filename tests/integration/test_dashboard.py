@@ -9,6 +9,7 @@ import pytest
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 from tests.support.stack import DASHBOARD_LOGIN as LOGIN
+from trustcard.catalogue import QUEUE_NAMES
 
 pytestmark = pytest.mark.integration
 RUNNING_SECONDS = 600
@@ -63,7 +64,10 @@ def test_every_page_and_data_view_reads_jobs_in_every_state(busy: tuple[Stack, d
         assert "RQ dashboard" in response.get_data(as_text=True), page
     queues = get("/rq/0/data/queues.json", auth=LOGIN)
     assert queues.status_code == 200
-    [analysis] = queues.get_json()["queues"]
+    listed = {queue["name"]: queue for queue in queues.get_json()["queues"]}
+    assert set(listed) == set(QUEUE_NAMES)  # the idle queues too
+    assert all(queue["count"] == 0 for name, queue in listed.items() if name != "analysis")
+    analysis = listed["analysis"]
     assert analysis["name"] == "analysis" and analysis["count"] == 1
     assert analysis["failed_job_registry_count"] == 1 and analysis["canceled_job_registry_count"] == 1
 

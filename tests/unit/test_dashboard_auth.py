@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from trustcard.api.app import create_app
+from trustcard.catalogue import QUEUE_NAMES
 from trustcard.config import load_settings
 
 PASSWORD = "s3cret"
@@ -130,7 +131,8 @@ def test_with_the_login_it_reads_our_redis(tmp_path: Path, fake_redis: fakeredis
     task_id = client.post("/tasks/test/add?x=1&y=2").get_json()["task_id"]
     queues = client.get("/rq/0/data/queues.json", auth=LOGIN)
     assert queues.status_code == 200
-    assert [(queue["name"], queue["count"]) for queue in queues.get_json()["queues"]] == [("analysis", 1)]
+    counts = {queue["name"]: queue["count"] for queue in queues.get_json()["queues"]}
+    assert counts == {name: 1 if name == "analysis" else 0 for name in QUEUE_NAMES}  # idle queues too
     job = client.get(f"/rq/0/data/job/{task_id}.json", auth=LOGIN).get_json()
     assert job["description"] == "workers.diagnostics.add(x=1, y=2)" and job["status"] == "queued"
     assert client.get(f"/rq/0/view/job/{task_id}", auth=LOGIN).status_code == 200
@@ -174,3 +176,15 @@ def test_unreachable_redis_is_a_503(tmp_path: Path) -> None:
     response = client.get("/rq/0/data/queues.json", auth=LOGIN)
     assert response.status_code == 503
     assert response.get_json()["error"] == "queue_unavailable"
+
+
+def test_every_catalogue_queue_is_listed_before_any_job_and_after_a_flush(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """RQ lists a queue only once a job was put on it; the dashboard shows every queue."""
+    client = build_app(tmp_path, fake_redis, DASHBOARD_PASSWORD=PASSWORD).test_client()
+    names = {queue["name"] for queue in client.get("/rq/0/data/queues.json", auth=LOGIN).get_json()["queues"]}
+    assert names == set(QUEUE_NAMES)
+    fake_redis.flushall()
+    names = {queue["name"] for queue in client.get("/rq/0/data/queues.json", auth=LOGIN).get_json()["queues"]}
+    assert names == set(QUEUE_NAMES)

@@ -29,10 +29,12 @@ import rq_dashboard.web
 from flask import Flask, Response, current_app, request
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, requeue_job
+from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from trustcard.api.errors import error_response
+from trustcard.catalogue import QUEUE_NAMES
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, web_redis
 from trustcard.exceptions import QueueUnavailable, TaskNotFound, TaskNotRetryable
@@ -121,7 +123,20 @@ def require_login() -> Response | None:
     instance = (request.view_args or {}).get("instance_number", ONLY_INSTANCE)
     if instance != ONLY_INSTANCE:  # rq-dashboard answers 500 for an instance it does not have
         return error_response(404, "not_found", f"The dashboard shows one Redis: instance {ONLY_INSTANCE}.")
+    _list_every_queue()
     return None
+
+
+def _list_every_queue() -> None:
+    """rq-dashboard lists the queues of RQ's `rq:queues` set, which RQ fills only when a job is
+    first put on a queue (and a Redis flush empties): every catalogue queue is added, so an idle
+    `models` or `ingest` queue shows too. One SADD per dashboard request; a Redis that does not
+    answer is left to the view, which answers 503."""
+    keys = [Queue.redis_queue_namespace_prefix + name for name in QUEUE_NAMES]
+    try:
+        current_app.extensions[REDIS_EXTENSION].sadd(Queue.redis_queues_keys, *keys)
+    except REDIS_DOWN_ERRORS:
+        pass
 
 
 def _answering_as_json(view: Callable[..., Any]) -> Callable[..., Any]:
