@@ -215,7 +215,7 @@ def test_stages_spread_over_two_pools_each_on_its_own_queues(analysis_stack: Sta
         assert item["worker"] == (models_name if item["queue"] == "models" else rest_name), item
 
 
-def test_the_record_outlives_rq_results_and_a_redis_flush(make_stack: Callable[..., Stack], analysis_stack: Stack) -> None:
+def test_with_result_ttl_1_the_record_outlives_rq_results_and_a_redis_flush(make_stack: Callable[..., Stack], analysis_stack: Stack) -> None:
     stack = make_stack(**{**analysis_stack.env, "RESULT_TTL": "1"})
     stack.start_worker()
     url, _ = post()
