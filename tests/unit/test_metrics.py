@@ -6,7 +6,6 @@ The integration tests (`tests/integration/test_metrics.py`) end real tasks on re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -67,16 +66,6 @@ def submissions(samples: Samples) -> dict[str, float]:
         outcome.value: samples[("trustcard_submissions_total", (("outcome", outcome.value),))]
         for outcome in SubmissionOutcome
     }
-
-
-@pytest.fixture
-def queue(fake_redis: fakeredis.FakeRedis) -> Queue:
-    return Queue("analysis", connection=fake_redis, serializer=JSONSerializer)
-
-
-@pytest.fixture
-def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[JobProcessSupervisor]:
-    yield JobProcessSupervisor([queue], connection=fake_redis)
 
 
 def enqueue(queue: Queue, job_type: str = "test.add", **kwargs: Any) -> Job:

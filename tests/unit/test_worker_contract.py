@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 
 import fakeredis
 import pytest
 from rq import Queue, get_current_job
 from rq.job import JobStatus
-from rq.serializers import JSONSerializer
 from rq.suspension import suspend
 
 from workers import job as catalogue_job
@@ -34,16 +32,6 @@ def cancel_myself() -> str:
     assert job is not None
     job.cancel()
     return "done anyway"
-
-
-@pytest.fixture
-def queue(fake_redis: fakeredis.FakeRedis) -> Queue:
-    return Queue("analysis", connection=fake_redis, serializer=JSONSerializer)
-
-
-@pytest.fixture
-def worker(queue: Queue, fake_redis: fakeredis.FakeRedis) -> Iterator[JobProcessSupervisor]:
-    yield JobProcessSupervisor([queue], connection=fake_redis)
 
 
 def job_process(worker: JobProcessSupervisor) -> JobProcess:

@@ -14,7 +14,7 @@ from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.task_routes import IDEMPOTENCY_KEY, _idempotency_key
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH as MAX_CALLBACK_LENGTH
 from trustcard.api.analysis_stream import analysis_events
-from trustcard.api.task_stream import MAX_WAIT_SECONDS, STREAM_HEADERS, wait_seconds
+from trustcard.api.task_stream import STREAM_HEADERS, wait_parameter, wait_seconds
 from trustcard.exceptions import (
     AnalysisAlreadyEnded,
     AnalysisNotFound,
@@ -129,9 +129,7 @@ def history() -> Response:
         {200: Answer("Its status, its stages in order, progress and result.", schemas.Analysis)},
         description="With `wait=N`, a long poll: answers as soon as the analysis ends, else after N seconds "
         "with its state then.",
-        parameters=(ANALYSIS_ID, Parameter(
-            "wait", "query", f"Seconds to wait for the analysis's end before answering (more than 0, at most "
-            f"{MAX_WAIT_SECONDS:g}).", {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS})),
+        parameters=(ANALYSIS_ID, wait_parameter("analysis")),
         raises=(AnalysisNotFound, Raises(ValidationFailed, "`wait` is not a number of seconds in (0, 25]"),
                 DatabaseUnavailable),
         guard=API_KEY_GUARD,

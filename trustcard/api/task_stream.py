@@ -36,13 +36,18 @@ log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 25.0
 """Under the 30 s a platform's router gives a request to answer."""
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
-WAIT_PARAMETER = Parameter(
-    "wait",
-    "query",
-    "Seconds to wait for the task's end before answering (more than 0, at most 25).",
-    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS},
-)
-"""`?wait=N`, read by `wait_seconds`."""
+def wait_parameter(waited_for: str) -> Parameter:
+    """`?wait=N` on the read of a `waited_for` ("task", "analysis"), read by `wait_seconds`."""
+    return Parameter(
+        "wait",
+        "query",
+        f"Seconds to wait for the {waited_for}'s end before answering (more than 0, at most "
+        f"{MAX_WAIT_SECONDS:g}).",
+        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WAIT_SECONDS},
+    )
+
+
+WAIT_PARAMETER = wait_parameter("task")
 LAST_EVENT_ID_PARAMETER = Parameter(
     LAST_EVENT_ID_HEADER,
     "header",
