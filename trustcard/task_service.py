@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
@@ -28,7 +28,7 @@ from rq.worker import Worker
 
 from trustcard import failures, logs, rq_seams
 from trustcard.callbacks import read_state
-from trustcard.catalogue import BY_NAME, QUEUE_NAMES
+from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
 from trustcard.exceptions import (
@@ -41,6 +41,7 @@ from trustcard.exceptions import (
 )
 from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
 from trustcard.status import CANCEL_FIELD, TaskStatus
+from trustcard.task_batch import BatchIdempotencyKeys, BatchSubmission, BatchTask, check_queue_depths, enqueue_batch
 from trustcard.task_events import progress_log
 from trustcard.task_submission import IdempotencyKeys, Submission, check_callback, enqueue, validate_params
 from trustcard.task_view import StoredTask, TaskView, build_view, job_meta, pending_view
@@ -84,6 +85,7 @@ class TaskService:
         self.settings = settings
         self._queues: dict[str, Queue] = {}
         self._idempotency = IdempotencyKeys(connection)
+        self._batch_idempotency = BatchIdempotencyKeys(connection)
 
     def _queue(self, name: str) -> Queue:
         """One `Queue` per name for the service's life: it caches Redis's version, which RQ
@@ -146,6 +148,62 @@ class TaskService:
         # Just enqueued under a new id: nothing to read back, no cancel flag, no result yet.
         stored = StoredTask(job, cancel_requested=False, latest=None, callback=callback)
         return Submission(self._view(stored), replayed=False)
+
+    @redis_required
+    def submit_batch(
+        self,
+        tasks: Sequence[BatchTask],
+        idempotency_key: str | None = None,
+        *,
+        submitted_by: str | None = None,
+        request_id: str | None = None,
+        callback_url: str | None = None,
+    ) -> BatchSubmission:
+        """Enqueue checked tasks (`trustcard.task_batch.validate_batch`) all at once, or none.
+
+        As `submit` does for one task: the callback URL (for every task) is checked, the
+        queues' depth limit counts each task, and an `idempotency_key` names the whole batch.
+        """
+        if callback_url is not None:
+            check_callback(callback_url, self.settings)
+        if self.settings.max_queue_depth:
+            full = check_queue_depths(self.connection, tasks, self.settings.max_queue_depth)
+            if full is not None:
+                raise QueueFull(
+                    f"The {full} queue has no room for this batch of {len(tasks)} tasks "
+                    f"(at most {self.settings.max_queue_depth} may wait); nothing was queued."
+                )
+        job_ids = [str(uuid.uuid4()) for _ in tasks]
+        if idempotency_key is not None:
+            ttl = max(task.job_type.result_ttl or self.settings.result_ttl for task in tasks)
+            earlier = self._batch_idempotency.claim_batch(idempotency_key, job_ids, tasks, ttl, callback_url)
+            if earlier is not None:
+                views = [self._replayed(task_id, task.job_type) for task_id, task in zip(earlier, tasks)]
+                return BatchSubmission(views, replayed=True)
+        queues = {task.job_type.queue: self._queue(task.job_type.queue) for task in tasks}
+        try:
+            staged = enqueue_batch(
+                self.connection, queues, tasks, job_ids, self.settings,
+                submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
+            )
+        except BaseException:
+            if idempotency_key is not None:
+                self._batch_idempotency.release_batch(idempotency_key, job_ids)
+            raise
+        log.info("batch of %d tasks received: %s to %s", len(job_ids), job_ids[0], job_ids[-1])
+        # Just enqueued under new ids: nothing to read back, as for a single submission.
+        views = [
+            build_view(StoredTask(job, cancel_requested=False, latest=None, callback=callback))
+            for job, callback in staged
+        ]
+        return BatchSubmission(views, replayed=False)
+
+    def _replayed(self, task_id: str, job_type: JobType) -> TaskView:
+        """An earlier task named by an Idempotency-Key, as it is now."""
+        try:
+            return self._view(self._fetch(task_id))
+        except TaskNotFound:  # its first request is still enqueuing it
+            return pending_view(task_id, job_type.name, job_type.queue)
 
     @redis_required
     def retry(self, task_id: str) -> TaskView:

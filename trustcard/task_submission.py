@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job, Retry
 
@@ -122,32 +123,12 @@ def enqueue(
 ) -> tuple[Job, dict[str, Any] | None]:
     """Enqueue the job under its limits and retry policy, in one MULTI/EXEC; the job and
     its callback state (None without a callback)."""
-    soft_timeout = job_type.soft_timeout or settings.job_soft_timeout
-    hard_timeout = max(job_type.hard_timeout or settings.job_timeout, soft_timeout)
-    retry = Retry(max=job_type.retries, interval=list(job_type.retry_backoff) or 0) if job_type.retries else None
     # One MULTI/EXEC for the queue registration, the job and its push (RQ sends two).
     with connection.pipeline() as pipeline:
-        job = queue.enqueue_call(
-            job_type.function,
-            kwargs=params,
-            timeout=soft_timeout,
-            result_ttl=job_type.result_ttl or settings.result_ttl,
-            failure_ttl=settings.failure_ttl,
-            meta={
-                "job_type": job_type.name,
-                "hard_timeout": hard_timeout,
-                "submitted_by": submitted_by,
-                "request_id": request_id,
-                **({CALLBACK_META_KEY: callback_url} if callback_url is not None else {}),
-            },
-            retry=retry,
-            job_id=job_id,
-            pipeline=pipeline,
+        job, callback = stage(
+            pipeline, queue, job_type, params, job_id, settings,
+            submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
         )
-        callback = None
-        if callback_url is not None:
-            callback = CallbackState(callback_url)
-            pipeline.hset(job.key, CALLBACK_FIELD, callback.to_json())
         # Counted for /metrics in the same transaction: no round trip of its own, and a
         # broken counter (its error comes back last) cannot undo or fail the submission.
         pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, 1)
@@ -155,3 +136,44 @@ def enqueue(
             if isinstance(reply, Exception):
                 raise reply
     return job, callback and callback.to_dict()
+
+
+def stage(
+    pipeline: Pipeline,
+    queue: Queue,
+    job_type: JobType,
+    params: dict[str, Any],
+    job_id: str,
+    settings: Settings,
+    *,
+    submitted_by: str | None,
+    request_id: str | None,
+    callback_url: str | None,
+) -> tuple[Job, CallbackState | None]:
+    """Add one job's enqueue, under its limits and retry policy, to `pipeline` (sent by the
+    caller): one job here, or every job of a batch in one transaction."""
+    soft_timeout = job_type.soft_timeout or settings.job_soft_timeout
+    hard_timeout = max(job_type.hard_timeout or settings.job_timeout, soft_timeout)
+    retry = Retry(max=job_type.retries, interval=list(job_type.retry_backoff) or 0) if job_type.retries else None
+    job = queue.enqueue_call(
+        job_type.function,
+        kwargs=params,
+        timeout=soft_timeout,
+        result_ttl=job_type.result_ttl or settings.result_ttl,
+        failure_ttl=settings.failure_ttl,
+        meta={
+            "job_type": job_type.name,
+            "hard_timeout": hard_timeout,
+            "submitted_by": submitted_by,
+            "request_id": request_id,
+            **({CALLBACK_META_KEY: callback_url} if callback_url is not None else {}),
+        },
+        retry=retry,
+        job_id=job_id,
+        pipeline=pipeline,
+    )
+    callback = None
+    if callback_url is not None:
+        callback = CallbackState(callback_url)
+        pipeline.hset(job.key, CALLBACK_FIELD, callback.to_json())
+    return job, callback

@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     """
     from trustcard import rq_speedups
     from trustcard.analyses.service import AnalysisService
-    from trustcard.api import analysis_routes, auth, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
+    from trustcard.api import analysis_routes, auth, batch_routes, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     app.before_request(request_body.refuse_oversized_body)
     errors.init_app(app)
     app.register_blueprint(task_routes.bp)
+    app.register_blueprint(batch_routes.bp)
     app.register_blueprint(analysis_routes.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

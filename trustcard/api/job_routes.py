@@ -17,6 +17,8 @@ from werkzeug.exceptions import MethodNotAllowed
 from trustcard.catalogue import find_by_route
 
 View = TypeVar("View", bound=Callable[..., object])
+BATCH_ROUTE = "batch"
+"""`/tasks/batch` (`trustcard.api.batch_routes`), which takes POST only as well."""
 
 
 def post_only_at_job_routes(view: View) -> View:
@@ -24,9 +26,10 @@ def post_only_at_job_routes(view: View) -> View:
 
     @functools.wraps(view)
     def checked(task_id: str) -> object:
-        if find_by_route(task_id) is not None:
+        if find_by_route(task_id) is not None or task_id == BATCH_ROUTE:
+            what = "a batch of tasks" if task_id == BATCH_ROUTE else "a task"
             raise MethodNotAllowed(
-                valid_methods=["POST"], description=f"/tasks/{task_id} takes POST only: it submits a task."
+                valid_methods=["POST"], description=f"/tasks/{task_id} takes POST only: it submits {what}."
             )
         return view(task_id)
 

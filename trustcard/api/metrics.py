@@ -26,6 +26,8 @@ bp = Blueprint("metrics", __name__)
 
 SUBMIT_ENDPOINT = "tasks.submit"
 """`POST /tasks/<job type route>`; a retry (`tasks.retry`) is not a submission."""
+BATCH_ENDPOINT = "task_batch.submit_batch"
+"""`POST /tasks/batch`: each of its tasks counts as a submission (`g.submission_tasks`)."""
 METRICS_GUARD = Guard(
     "metricsToken",
     "The METRICS_TOKEN setting. When it is set, GET /metrics needs "
@@ -94,7 +96,7 @@ def count_submission(response: Response) -> Response:
     limit's script: the common answers cost no extra round trip). The others are written once
     the answer has been sent (when the server closes the response); it never changes or fails
     the answer."""
-    if request.endpoint != SUBMIT_ENDPOINT or g.get("submission_counted"):
+    if request.endpoint not in (SUBMIT_ENDPOINT, BATCH_ENDPOINT) or g.get("submission_counted"):
         return response  # accepted and rate-limited answers were counted in their own Redis call
     try:
         error_code = None
@@ -104,7 +106,8 @@ def count_submission(response: Response) -> Response:
         outcome = submission_outcome(response.status_code, error_code)
         if outcome is not None:
             redis = current_app.extensions["trustcard.redis"]
-            response.call_on_close(functools.partial(store.count_submission, redis, outcome))
+            tasks = g.get("submission_tasks", 1)  # a batch's tasks, once its body was read
+            response.call_on_close(functools.partial(store.count_submission, redis, outcome, tasks))
     except Exception:  # noqa: BLE001 - counting must never turn an answer into a 500
         log.exception("metrics: could not count a submission's answer")
     return response

@@ -26,7 +26,7 @@ from trustcard.api.auth import rate_limit_key
 from trustcard.api.operations import Header
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS
-from trustcard.exceptions import RateLimited
+from trustcard.exceptions import RateLimited, ValidationFailed
 from trustcard.metrics.store import SUBMISSIONS_KEY
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ if tokens >= cost then
   tokens = tokens - cost
   allowed = 1
 elseif ARGV[4] == '1' then
-  redis.pcall('HINCRBY', KEYS[2], 'rate_limited', 1)  -- /metrics; never fails the take
+  redis.pcall('HINCRBY', KEYS[2], 'rate_limited', cost)  -- /metrics, per task; never fails the take
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
@@ -132,11 +132,34 @@ def limit_submissions() -> None:
     g.rate_limit = state
     if not state.allowed:
         g.submission_counted = is_submission
-        raise RateLimited(
-            f"Too many submissions: each client may submit {state.limit} at once and "
-            f"{limiter.settings.rate_limit_per_minute} a minute after that; try again in {state.retry_after_seconds} s.",
-            retry_after_seconds=state.retry_after_seconds,
-        )
+        raise _refusal(state, limiter.settings)
+
+
+def limit_batch(tasks: int) -> None:
+    """Take a batch's tasks from the client's bucket at once, or none: 429 with Retry-After
+    (the time until that many tokens are back) when fewer are left. A batch larger than the
+    bucket could never pass, so it is refused with 422 instead of a wait that never ends."""
+    limiter: RateLimiter = current_app.extensions["trustcard.ratelimiter"]
+    settings = limiter.settings
+    if settings.rate_limit_per_minute > 0 and tasks > settings.rate_limit_burst:
+        problem = (f"holds {tasks} tasks; a client may submit at most {settings.rate_limit_burst} at once "
+                   "(RATE_LIMIT_BURST): send smaller batches")
+        raise ValidationFailed(f"tasks {problem}.", problems=[{"parameter": "tasks", "problem": problem}])
+    state = limiter.take(rate_limit_key(), tasks, count_refusal=True)
+    if state is None:
+        return
+    g.rate_limit = state
+    if not state.allowed:
+        g.submission_counted = True  # per task, in the script
+        raise _refusal(state, settings)
+
+
+def _refusal(state: BucketState, settings: Settings) -> RateLimited:
+    return RateLimited(
+        f"Too many submissions: each client may submit {state.limit} at once and "
+        f"{settings.rate_limit_per_minute} a minute after that; try again in {state.retry_after_seconds} s.",
+        retry_after_seconds=state.retry_after_seconds,
+    )
 
 
 def add_rate_limit_headers(response: Response) -> Response:

@@ -92,10 +92,10 @@ def run_count(
         return False
 
 
-def count_submission(connection: Redis, outcome: SubmissionOutcome) -> None:
-    """One submission answered `outcome`. Never raises."""
+def count_submission(connection: Redis, outcome: SubmissionOutcome, tasks: int = 1) -> None:
+    """A submission of `tasks` tasks (a batch's, or one) answered `outcome`. Never raises."""
     try:
-        connection.hincrby(SUBMISSIONS_KEY, outcome.value, 1)
+        connection.hincrby(SUBMISSIONS_KEY, outcome.value, tasks)
     except RedisError as error:
         log.warning("metrics: submission %s not counted, Redis error (%s)", outcome.value, error)
     except Exception:  # noqa: BLE001 - runs after the answer was sent; nothing may escape
