@@ -98,8 +98,10 @@ SUBMIT_BATCH = Operation(
 @bp.post(f"/{BATCH_ROUTE}")
 @documented(SUBMIT_BATCH)
 def submit_batch() -> tuple[Response, int, dict[str, str]]:
-    tasks = validate_batch(_batch_body())
-    g.submission_tasks = len(tasks)  # each counts for /metrics (trustcard.api.metrics)
+    body = _batch_body()
+    listed = body.get("tasks")
+    g.submission_tasks = len(listed) if isinstance(listed, list) and listed else 1  # for /metrics, refused too
+    tasks = validate_batch(body)
     limit_batch(len(tasks))
     service: TaskService = current_app.extensions["trustcard.task_service"]
     submission = service.submit_batch(
