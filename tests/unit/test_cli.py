@@ -38,7 +38,7 @@ from workers.job import CatalogueJob
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "cli-key"
-COMMANDS = ("submit", "status", "cancel", "running", "health", "types")
+COMMANDS = ("submit", "submit-many", "status", "cancel", "running", "health", "types")
 
 
 class Api:

@@ -40,12 +40,14 @@ class ConnectionFailed(Exception):
 class ApiError(Exception):
     """The API answered with an error: its HTTP status, its `error` code and its `message`."""
 
-    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
+    def __init__(self, status: int, code: str, message: str, body: Any = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.body = body
+        self.retry_after = retry_after
+        """The answer's Retry-After, in seconds, when it sent one (429, 503)."""
 
     def __str__(self) -> str:
         return f"{self.message} ({self.code}, HTTP {self.status})"
@@ -72,9 +74,11 @@ class ApiClient:
         self.api_key = api_key or None
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, extra_headers: dict[str, str] | None = None
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **(extra_headers or {})}
         if data is not None:
             headers["Content-Type"] = "application/json"
         if self.api_key:
@@ -126,6 +130,11 @@ class ApiClient:
 
     def submit(self, job_name: str, params: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/tasks/" + job_name.replace(".", "/"), params))
+
+    def submit_batch(self, tasks: list[dict[str, Any]], idempotency_key: str | None = None) -> dict[str, Any]:
+        """`POST /tasks/batch`; the key makes sending the same batch again harmless."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return dict(self.request("POST", "/tasks/batch", {"tasks": tasks}, headers))
 
     def task(self, task_id: str) -> dict[str, Any]:
         return dict(self.request("GET", "/tasks/" + _segment(task_id)))
@@ -194,6 +203,8 @@ def _api_error(error: urllib.error.HTTPError) -> ApiError:
         body = json.loads(error.read() or b"null")
     except (ValueError, OSError):
         body = None
+    retry_after = error.headers.get("Retry-After") if error.headers is not None else None
+    seconds = int(retry_after) if retry_after is not None and retry_after.strip().isdigit() else None
     if isinstance(body, dict) and "error" in body:
-        return ApiError(error.code, str(body["error"]), str(body.get("message") or error.reason), body)
-    return ApiError(error.code, "http_error", str(error.reason or "error"), body)
+        return ApiError(error.code, str(body["error"]), str(body.get("message") or error.reason), body, seconds)
+    return ApiError(error.code, "http_error", str(error.reason or "error"), body, seconds)
