@@ -21,15 +21,19 @@ class KeepAliveConnection:
         self.connection: http.client.HTTPConnection | None = None
         self.retry_after = 0.0
 
-    def request(self, method: str, path: str) -> tuple[int, bytes]:
-        """The status and body of one request; raises only when a fresh connection fails too."""
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """The status and body of one request (with `body`, sent as JSON); raises only when a
+        fresh connection fails too."""
+        sent = {**self.headers, **({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
         for attempt in (1, 2):
             if self.connection is None:
                 self.connection = http.client.HTTPConnection(
                     self.host, self.port, timeout=self.timeout, source_address=self.source
                 )
             try:
-                self.connection.request(method, path, headers=self.headers)
+                self.connection.request(method, path, body=body, headers=sent)
                 response = self.connection.getresponse()
                 self.retry_after = float(response.headers.get("Retry-After") or 0)
                 return response.status, response.read()
@@ -40,9 +44,12 @@ class KeepAliveConnection:
                     raise
         raise AssertionError("unreachable")
 
-    def request_json(self, method: str, path: str) -> tuple[int, Any]:
-        status, body = self.request(method, path)
-        return status, json.loads(body) if body else {}
+    def request_json(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """The status and decoded JSON answer; `body`, when given, goes as JSON."""
+        status, answer = self.request(method, path, None if body is None else json.dumps(body).encode(), headers)
+        return status, json.loads(answer) if answer else {}
 
     def close(self) -> None:
         if self.connection is not None:
