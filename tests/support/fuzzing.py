@@ -86,10 +86,12 @@ class StatusLog:
 
 
 def check_submission(response: Any, redis: Redis) -> None:
-    """A 202 names a task that Redis holds: nothing was accepted and then lost."""
+    """A 202 names tasks that Redis holds (one, or a batch's): nothing was accepted and then lost."""
     if response.status_code == 202:
-        task_id = response.json()["task_id"]
-        assert redis.exists(f"rq:job:{task_id}"), f"202 for task {task_id}, which Redis does not have"
+        body = response.json()
+        task_ids = [task["task_id"] for task in body["tasks"]] if "tasks" in body else [body["task_id"]]
+        for task_id in task_ids:
+            assert redis.exists(f"rq:job:{task_id}"), f"202 for task {task_id}, which Redis does not have"
 
 
 def workflow_machine(
