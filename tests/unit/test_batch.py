@@ -219,7 +219,7 @@ class TestIdempotencyKey:
     def test_a_bad_key_is_400(self, client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
         answer = post_batch(client, adds(1), headers={"Idempotency-Key": "k" * 256})
         assert answer.status_code == 400 and answer.get_json()["parameter"] == "Idempotency-Key"
-        assert fake_redis.llen(QUEUE) == 0
+        assert fake_redis.llen(QUEUE) == 0 and "RateLimit-Remaining" not in answer.headers
 
 
 def test_rate_limit_burst_setting_counts_tasks_not_requests(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:

@@ -102,11 +102,12 @@ def submit_batch() -> tuple[Response, int, dict[str, str]]:
     listed = body.get("tasks")
     g.submission_tasks = len(listed) if isinstance(listed, list) and listed else 1  # for /metrics, refused too
     tasks = validate_batch(body)
+    key = idempotency_key()  # a bad one is refused before any token is taken
     limit_batch(len(tasks))
     service: TaskService = current_app.extensions["trustcard.task_service"]
     submission = service.submit_batch(
         tasks,
-        idempotency_key(),
+        key,
         submitted_by=client_identity(),
         request_id=request_id(),
         callback_url=request.headers.get(CALLBACK_HEADER),
