@@ -222,7 +222,7 @@ class TestIdempotencyKey:
         assert fake_redis.llen(QUEUE) == 0 and "RateLimit-Remaining" not in answer.headers
 
 
-def test_rate_limit_burst_setting_counts_tasks_not_requests(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
+def test_rate_limit_burst_and_per_minute_settings_count_tasks_not_requests(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
     client = make_app(tmp_path, fake_redis, RATE_LIMIT_BURST="10", **TIGHT_LIMIT).test_client()
     first = post_batch(client, adds(6))
     assert first.status_code == 202 and first.headers["RateLimit-Remaining"] == "4"
@@ -239,7 +239,7 @@ def test_rate_limit_burst_setting_counts_tasks_not_requests(tmp_path: Path, fake
 def test_rate_limit_burst_setting_refuses_a_batch_larger_than_the_bucket_with_422(
     tmp_path: Path, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    client = make_app(tmp_path, fake_redis, RATE_LIMIT_BURST="10", **TIGHT_LIMIT).test_client()
+    client = make_app(tmp_path, fake_redis, RATE_LIMIT_BURST="10").test_client()
     answer = post_batch(client, adds(11))
     assert answer.status_code == 422 and "RATE_LIMIT_BURST" in answer.get_json()["message"]
     assert answer.get_json()["problems"][0]["parameter"] == "tasks"
@@ -256,7 +256,7 @@ def test_max_queue_depth_setting_counts_the_batch_tasks(tmp_path: Path, fake_red
     assert fake_redis.llen(QUEUE) == 5
 
 
-def test_metrics_count_each_task_of_a_batch(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
+def test_metrics_count_each_task_of_a_batch_with_rate_limit_burst_and_per_minute_settings(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
     client = make_app(tmp_path, fake_redis, RATE_LIMIT_BURST="10", **TIGHT_LIMIT).test_client()
     post_batch(client, adds(7)).close()
     post_batch(client, adds(4)).close()  # 3 tokens left: 4 rate-limited tasks

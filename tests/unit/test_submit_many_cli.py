@@ -108,7 +108,7 @@ def test_an_empty_file_is_a_usage_error(serve: Serve, tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.ERROR and "no tasks" in result.stderr
 
 
-def test_rate_limited_it_waits_and_sends_the_batch_again(
+def test_rate_limit_burst_and_per_minute_settings_it_waits_and_sends_the_batch_again(
     serve: Serve, tmp_path: Path, fake_redis: fakeredis.FakeRedis
 ) -> None:
     """RATE_LIMIT_BURST=3, RATE_LIMIT_PER_MINUTE=120: the second batch of 2 waits 1 s for its token."""
