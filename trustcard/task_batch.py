@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from redis import Redis
 from rq import Queue
@@ -108,7 +108,7 @@ def _check_task(index: int, raw: Any) -> tuple[BatchTask | None, list[dict[str, 
         ]
 
 
-def _refuse(problems: list[dict[str, str]]) -> Any:
+def _refuse(problems: list[dict[str, str]]) -> NoReturn:
     shown = "; ".join(f"{p['parameter']} {p['problem']}" for p in problems[:MESSAGE_PROBLEMS])
     hidden = len(problems) - MESSAGE_PROBLEMS
     more = f" (and {hidden} more problem{'s' if hidden > 1 else ''}, in `problems`)" if hidden > 0 else ""
