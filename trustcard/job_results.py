@@ -100,6 +100,7 @@ def fetch_latest(cls: type[Result], job: Job, serializer: Any = None, timeout: i
     """`Result.fetch_latest`, lean results included. Blocking (`timeout` seconds): woken by
     the end our workers publish (`trustcard.task_events`), the stream looked at every
     `WAIT_SLICE_SECONDS` for ends that publish nothing."""
+    serializer = serializer or job.serializer
     found = read_latest(job, serializer)
     if found is not None or not timeout:
         return found
@@ -119,6 +120,7 @@ def fetch_latest(cls: type[Result], job: Job, serializer: Any = None, timeout: i
 
 def all_results(cls: type[Result], job: Job, serializer: Any = None) -> list[Result]:
     """`Result.all`, newest first, with the lean success first when there is one."""
+    serializer = serializer or job.serializer
     streamed: list[Result] = _RQ_READERS["all"].__func__(cls, job, serializer=serializer)
     if streamed and streamed[0].type == Result.Type.SUCCESSFUL:
         return streamed
