@@ -75,8 +75,9 @@ def success_batch(
     assert job.started_at is not None
     batch = CommandBatch()
     batch.rewrite_hash(job.key, {
-        "status": JobStatus.FINISHED.value, "ended_at": stamp, "last_heartbeat": stamp,
+        "status": JobStatus.FINISHED.value, "ended_at": stamp,
         job_results.RESULT_FIELD: _serialized(job, return_value), **lean_meta_fields(job),
+        **dict.fromkeys(FINISHED_DROPPED, ""),
     })
     job.finished_job_registry.add(job, result_ttl, batch)  # type: ignore[arg-type]
     job.cleanup(result_ttl, pipeline=batch, remove_from_queue=False)  # type: ignore[arg-type]
@@ -89,25 +90,21 @@ def success_batch(
 
 
 def lean_meta_fields(job: Job) -> dict[str, str]:
-    """The finished job's meta without what only a running job needs (`LEAN_META_DROPPED`)
-    or what no reader of a finished one asks for inside it (`LEAN_META_MOVED`, kept as a
-    field of its own), in compact JSON: at most 64 bytes for a typical task, so that the
-    hash stays a listpack (Redis' `hash-max-listpack-value`)."""
-    meta = job.meta or {}
-    kept = {name: value for name, value in meta.items()
-            if name not in LEAN_META_DROPPED and name not in LEAN_META_MOVED and value is not None}
-    fields = {"meta": json.dumps(kept, separators=(",", ":")) if kept else ""}
-    for name in LEAN_META_MOVED:
-        if isinstance(meta.get(name), str):
-            fields[name] = meta[name]
-    return fields
+    """The finished job's meta without what no reader of a finished job asks for
+    (`LEAN_META_DROPPED`) and without empty entries, in compact JSON: at most 64 bytes for a
+    typical task, so that the hash stays a listpack (Redis' `hash-max-listpack-value`)."""
+    kept = {name: value for name, value in (job.meta or {}).items()
+            if name not in LEAN_META_DROPPED and value is not None}
+    return {"meta": json.dumps(kept, separators=(",", ":")) if kept else ""}
 
 
-LEAN_META_DROPPED = ("hard_timeout",)
-"""Read only while the job runs (the supervisor kills the job process at it)."""
-LEAN_META_MOVED = ("request_id",)
-"""Kept on the finished job as a field of its own: read (logs, the webhook's payload) only
-while it runs and as it ends, before this rewrite."""
+FINISHED_DROPPED = ("last_heartbeat", "failure_ttl")
+"""Job fields no reader of a finished job needs: its last heartbeat (its `ended_at` says
+when it was last alive) and how long a failure would be kept. Read as None afterwards."""
+LEAN_META_DROPPED = ("hard_timeout", "request_id")
+"""Read only while the job runs and as it ends, before this rewrite: the hard limit (the
+supervisor kills the job process at it) and the request id (bound to the job's log lines,
+and put in its webhook's delivery job). The log lines keep the request id with the task id."""
 
 
 def _serialized(job: Job, return_value: Any) -> str:
