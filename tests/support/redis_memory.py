@@ -55,10 +55,11 @@ def snapshot(connection: Redis) -> MemorySnapshot:
 
 def per_task(before: MemorySnapshot, after: MemorySnapshot, tasks: int) -> dict[str, float]:
     """Bytes per task for each kind of key that grew (or appeared) between the snapshots,
-    largest first; kinds that shrank (a worker's own keys, say) are left out."""
+    largest first; kinds that shrank (a worker's own keys, say) or grew by less than half a
+    byte per task (shared counters) are left out."""
     grown = {kind: (after.bytes_by_kind[kind] - before.bytes_by_kind[kind]) / tasks
              for kind in after.bytes_by_kind}
-    return dict(sorted(((kind, value) for kind, value in grown.items() if value > 0), key=lambda item: -item[1]))
+    return dict(sorted(((kind, value) for kind, value in grown.items() if value >= 0.5), key=lambda item: -item[1]))
 
 
 def hash_field_bytes(connection: Redis, key: str) -> dict[str, int]:
