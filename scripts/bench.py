@@ -14,6 +14,8 @@ turn (the order rotates so machine drift hits all of them):
   through the bare library (RQ: `Job.latest_result(timeout)`, Celery:
   `AsyncResult.get()`, both pushed, no polling) and through HTTP (POST, then GET every
   millisecond until completed);
+- Redis bytes per finished task: K `add` tasks submitted through HTTP and finished, the
+  growth of `MEMORY USAGE` over every key of the system's databases, per task;
 - peak memory: the sum of VmHWM (peak RSS) over the worker processes and their children,
   and the highest sum of their PSS (shared pages split between the processes), sampled.
 
@@ -50,6 +52,7 @@ import rq
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 try:
@@ -65,7 +68,9 @@ from tests.support.paths import BIN  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
 from tests.support.procfile import procfile_command, with_worker_class, worker_class  # noqa: E402
+from tests.support.redis_memory import MemorySnapshot, snapshot  # noqa: E402
 from tests.support.redis_server import PrivateRedis  # noqa: E402
+from trustcard import job_results  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 
 SCRIPTS = ROOT / "scripts"
@@ -182,6 +187,8 @@ class Results:
     """One HTTP round trip: submit with `Prefer: wait=25`, answered with the result (our API only)."""
     peak_kb: list[int] = field(default_factory=list)
     peak_pss_kb: list[int] = field(default_factory=list)
+    bytes_per_task: list[float] = field(default_factory=list)
+    """Redis `MEMORY USAGE` grown per finished task submitted through HTTP, every key counted."""
 
 
 class Bench:
@@ -343,15 +350,16 @@ class Bench:
                     result.wait_latency.extend(self._latency_pushed(name, self._await_by_wait))
                     result.stream_latency.extend(self._latency_pushed(name, self._await_by_stream))
                     result.prefer_latency.extend(self._latency_one_trip(name))
+                result.bytes_per_task.append(self._bytes_per_task(name))
             result.peak_kb.append(memory.peak_kb)
             result.peak_pss_kb.append(memory.peak_pss_kb)
         finally:
             for worker in workers:
                 worker.stop(grace=15)
         log.info("  %s: drain %.0f jobs/s, round trip p50 this round %.1f ms (library) %.1f ms (HTTP), "
-                 "peak RSS %.0f MB, peak PSS %.0f MB", name, result.drain[-1],
+                 "peak RSS %.0f MB, peak PSS %.0f MB, Redis %.0f bytes per finished task", name, result.drain[-1],
                  _percentile(result.lib_latency[lib_before:], 50), _percentile(result.http_latency[http_before:], 50),
-                 memory.peak_kb / 1024, memory.peak_pss_kb / 1024)
+                 memory.peak_kb / 1024, memory.peak_pss_kb / 1024, result.bytes_per_task[-1])
 
     def _start_workers(self, name: str) -> list[ProcessGroup]:
         env = self._env()
@@ -371,10 +379,45 @@ class Bench:
         else:
             wait_until(lambda: rq.Worker.count(connection=self.redis) >= 2, START_TIMEOUT, f"two {name} workers")
             for job in [self._rq_enqueue(1, 1) for _ in range(4)]:
-                if job.latest_result(timeout=int(START_TIMEOUT)) is None:
+                if self._latest_result(name, job, int(START_TIMEOUT)) is None:
                     raise RuntimeError(f"{name}: the warm-up job {job.id} did not finish")
         self.redis.delete(f"rq:finished:{QUEUE}")
         self.celery_backend.flushdb()
+
+    def _latest_result(self, name: str, job: Job, timeout: int) -> Result | None:
+        """`Job.latest_result(timeout)`; for our worker through `trustcard.job_results`, which
+        finds the results it keeps in the job hash (stock RQ's readers, left as they are here
+        for the stock workers, would wait for a stream that never comes)."""
+        if name in STOCK_WORKER_CLASSES:
+            return job.latest_result(timeout=timeout)
+        return job_results.fetch_latest(Result, job, JSONSerializer, timeout=timeout)
+
+    def _bytes_per_task(self, name: str) -> float:
+        """Redis memory per finished `add` task, as a user submits it (through HTTP: our API,
+        or the Celery bench app), kept for the default day: every key of the system's
+        databases grown between before and after (Celery: its broker and result backend)."""
+        count = self.args.bytes_tasks
+        port = self.celery_web_port if name == "celery" else self.web_port
+        databases = [self.celery_broker, self.celery_backend] if name == "celery" else [self.redis]
+        time.sleep(0.5)  # the last latency round's counts and idle state written
+        before = [snapshot(database) for database in databases]
+        finished_before = self._finished_count(name)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for index in range(count):
+            status, body = _http(port, "POST", f"/tasks/test/add?x={index}&y=3", connection)
+            if status != 202:
+                raise RuntimeError(f"{name}: submission answered {status}: {body}")
+        connection.close()
+        wait_until(lambda: self._finished_count(name) >= finished_before + count, 60 + count / 10,
+                   f"{name}: {count} tasks finished")
+        time.sleep(0.5)
+        after = [snapshot(database) for database in databases]
+        return sum(_grown(old, new) for old, new in zip(before, after, strict=True)) / count
+
+    def _finished_count(self, name: str) -> int:
+        if name == "celery":
+            return int(self.celery_backend.dbsize())
+        return int(self.redis.zcard(f"rq:finished:{QUEUE}"))
 
     def _rq_enqueue(self, x: int, y: int) -> Job:
         return self.queue.enqueue_call(ADD_FUNCTION, kwargs={"x": x, "y": y}, **ENQUEUE_OPTIONS)
@@ -414,7 +457,7 @@ class Bench:
             if name == "celery":
                 value = self.celery_app.add.apply_async(kwargs={"x": index, "y": 2}).get(timeout=30)
             else:
-                result = self._rq_enqueue(index, 2).latest_result(timeout=30)
+                result = self._latest_result(name, self._rq_enqueue(index, 2), 30)
                 value = result.return_value if result is not None else None
             times.append((time.perf_counter() - began) * 1000)
             if value != index + 2:
@@ -536,6 +579,11 @@ class Bench:
                 f"| {_ratio(p50(result.http_latency), p50(reference and reference.http_latency))} "
                 f"| {max(result.peak_kb) / 1024:,.0f} | {max(result.peak_pss_kb) / 1024:,.0f} |"
             )
+        lines += ["", "| worker | Redis bytes per finished task (kept for the day) | vs Celery |", "| --- | --- | --- |"]
+        for name, result in self.results.items():
+            stored = statistics.median(result.bytes_per_task)
+            lines.append(f"| {_LABELS[name]} | {stored:,.0f} | "
+                         f"{_ratio(stored, reference and statistics.median(reference.bytes_per_task))} |")
         lines += self._pushed_report()
         lines += ["", "| enqueue path | jobs/s | vs Celery, same path |", "| --- | --- | --- |"]
         for label, rates in self.enqueue.items():
@@ -603,6 +651,11 @@ def _http(port: int, method: str, path: str, connection: http.client.HTTPConnect
             connection.close()
 
 
+def _grown(before: MemorySnapshot, after: MemorySnapshot) -> int:
+    """Bytes added between two snapshots of one database; shrunk kinds count as nothing."""
+    return sum(max(0, after.bytes_by_kind[kind] - before.bytes_by_kind[kind]) for kind in after.bytes_by_kind)
+
+
 def _percentile(values: list[float], percent: float) -> float:
     if not values:
         return float("nan")
@@ -638,6 +691,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, systems interleaved (default 5)")
     parser.add_argument("--samples", type=int, default=200, help="round trips per path, system and round")
     parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma-separated, of {ALL_SYSTEMS}")
+    parser.add_argument("--bytes-tasks", type=int, default=300,
+                        help="tasks submitted through HTTP to measure Redis bytes per finished task (default 300)")
     parser.add_argument("--celery-loglevel", default="INFO", help="Celery worker -l (default INFO)")
     parser.add_argument("--tiny", action="store_true", help="a few jobs per system: shows it works, in seconds")
     parser.add_argument("--keep", metavar="DIR", help="keep logs and data in DIR instead of a temporary folder")
@@ -648,7 +703,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     if args.tiny:
-        args.jobs, args.rounds, args.samples = 20, 1, 5
+        args.jobs, args.rounds, args.samples, args.bytes_tasks = 20, 1, 5, 20
     return args
 
 

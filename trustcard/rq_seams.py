@@ -20,7 +20,7 @@ from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure as _rq_record_job_failure
 from rq.worker import Worker
 
-from trustcard import rq_speedups
+from trustcard import job_results, rq_speedups
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -69,6 +69,10 @@ SEAMS: tuple[Seam, ...] = (
     Seam("rq.executions.Execution", "_job", "attribute"),
     Seam("rq.scheduler.RQScheduler", "_process", "attribute"),
     Seam("rq.job_lifecycle", "record_job_failure", "function", ("job", "exc_string", "pipeline")),
+    # Public, but replaced by `job_results.install`: ours must take what RQ's callers pass.
+    Seam("rq.results.Result", "fetch_latest", "method", ("job", "serializer", "timeout")),
+    Seam("rq.results.Result", "all", "method", ("job", "serializer")),
+    Seam("rq.results.Result", "count", "method", ("job",)),
     *(Seam(module, "resolve_serializer", "function", ("serializer",))
       for module in rq_speedups.MODULES_USING_RESOLVE_SERIALIZER),
     *(Seam(module, "utcparse", "function", ("string",)) for module in rq_speedups.MODULES_USING_UTCPARSE),
@@ -76,8 +80,10 @@ SEAMS: tuple[Seam, ...] = (
 
 
 def install_speedups() -> None:
-    """RQ's serializer lookup and timestamp parsing, made cheap (see `rq_speedups`)."""
+    """RQ's serializer lookup and timestamp parsing, made cheap (see `rq_speedups`), and
+    RQ's result readers taught to find results kept in the job hash (`job_results`)."""
     rq_speedups.install()
+    job_results.install()
 
 
 # --- the worker ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from trustcard import failures, logs, rq_seams
+from trustcard import failures, job_results, logs, rq_seams
 from trustcard.callbacks import read_state
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
@@ -302,12 +302,7 @@ class TaskService:
         if not raw:
             raise NoSuchJobError(f"No such job: {job.key}")
         job.restore(raw)
-        latest = None
-        if results:
-            result_id, payload = results[0]
-            latest = Result.restore(
-                job.id, result_id.decode(), payload, connection=self.connection, serializer=JSONSerializer
-            )
+        latest = job_results.latest(job.id, raw, results, self.connection, JSONSerializer)
         return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in raw, latest=latest, callback=read_state(raw))
 
     def _stop_running(self, job: Job) -> None:

@@ -43,6 +43,10 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
         assert 0 < peak_pss <= peak_rss, line  # both memory figures were sampled
     assert "| RQ, HTTP API (Procfile web) |" in table
     assert "| RQ, HTTP API batched (POST /tasks/batch, 1,000 a request) |" in table
+    stored = table.split("| worker | Redis bytes per finished task", 1)[1].split("\n\n", 1)[0]
+    for row in ROWS:  # every system's Redis bytes per finished task was measured
+        line = next(line for line in stored.splitlines() if line.startswith(f"| {row} |"))
+        assert float(line.split(" | ")[1].replace(",", "")) > 0, line
     assert "| Celery, library |" in table
     for pushed in (f"{OURS}: HTTP `?wait=25`",
                    f"{OURS}: HTTP event stream",

@@ -73,3 +73,21 @@ def test_a_process_group_is_stopped_with_its_children(tmp_path: Path) -> None:
     tree = process_tree(group.pid)
     assert group.stop(grace=5) is not None
     assert not any(running(pid) for pid in tree)
+
+
+
+def test_redis_memory_names_kinds_of_key_and_divides_growth_by_tasks() -> None:
+    """`tests/support/redis_memory` (MEMORY USAGE itself needs a real Redis: the scripts and
+    tests/integration/test_lean_results.py use it there)."""
+    from collections import Counter
+
+    from tests.support.redis_memory import MemorySnapshot, key_kind, per_task
+
+    assert key_kind(b"rq:job:4f1c2b3a-1111-2222-3333-444455556666") == "rq:job:<id>"
+    assert key_kind(b"rq:worker:" + b"a" * 32) == "rq:worker:<id>"
+    assert key_kind(b"rq:finished:analysis") == "rq:finished:analysis"
+    before = MemorySnapshot(Counter({"rq:finished:analysis": 100, "rq:worker:<id>": 500}), Counter())
+    after = MemorySnapshot(Counter({"rq:finished:analysis": 500, "rq:worker:<id>": 400, "rq:job:<id>": 2_400,
+                                    "trustcard:metrics:submissions": 101}), Counter())
+    assert per_task(before, after, 4) == {"rq:job:<id>": 600, "rq:finished:analysis": 100,
+                                          "trustcard:metrics:submissions": 25.25}

@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     `settings` defaults to the process environment; tests pass their own, and may pass
     a ready `redis` client (fakeredis in unit tests) instead of `REDIS_URL`.
     """
-    from trustcard import rq_speedups
+    from trustcard import rq_seams
     from trustcard.analyses.service import AnalysisService
     from trustcard.api import analysis_routes, auth, batch_routes, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
     from trustcard.api.ratelimit import RateLimiter
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     from trustcard.task_service import TaskService
 
     settings = settings or load_settings()
-    rq_speedups.install()
+    rq_seams.install_speedups()  # and RQ's result readers, for the dashboard (trustcard.job_results)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,

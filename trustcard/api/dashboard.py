@@ -64,12 +64,25 @@ class JSONReadingWorker(Worker):
         return super().all(*args, **kwargs)
 
 
+class DecodableId(str):
+    """A job id that also answers `.decode()`, as the bytes RQ 1 returned did."""
+
+    def decode(self, *_args: Any) -> str:
+        return str(self)
+
+
 class JSONReadingJob(Job):
     """What the dashboard fetches single jobs with: JSON unless told otherwise."""
 
     @classmethod
     def fetch(cls, id: str, connection: Redis | None = None, serializer: Any = None) -> Job:
         return super().fetch(id, connection=connection, serializer=serializer or JSONSerializer)
+
+    @property
+    def dependency_ids(self) -> list[str]:
+        """RQ 3's ids (text) that rq-dashboard 0.9.0's job JSON can `.decode()`: it was a 500
+        for every job with a dependency."""
+        return [DecodableId(job_id) for job_id in super().dependency_ids]
 
 
 def requeue_failed_job(job_id: str, connection: Redis) -> Job:

@@ -5,16 +5,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
-from rq.results import Result
+from rq.serializers import JSONSerializer, resolve_serializer
 from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
-from trustcard import rq_seams
+from trustcard import job_results, rq_seams
 from trustcard.metrics.outcomes import TaskOutcome
 from trustcard.task_ends import job_end_commands
 from workers.supervisor.bookkeeping import CommandBatch
@@ -48,9 +50,12 @@ def start_batch(worker: BatchWorker, job: Job, heartbeat_ttl: int, intermediate_
 
 
 def plain_success(job: Job, return_value: Any, result_ttl: int) -> bool:
-    """True when finishing `job` needs nothing beyond `success_batch`."""
+    """True when finishing `job` needs nothing beyond `success_batch`. Only JSON jobs: our
+    workers read no other kind, but RQ's contract suite runs ours on pickled jobs, whose
+    results (bytes) cannot travel in the batch's JSON; those end through RQ's own code."""
     return (
         result_ttl != 0
+        and resolve_serializer(job.serializer) is JSONSerializer  # text: the lean result goes in the hash as it is
         and not isinstance(return_value, Retry)
         and not rq_seams.has_success_callback(job)
         and not job.webhooks
@@ -64,26 +69,20 @@ def success_batch(
 ) -> CommandBatch:
     """What RQ's `handle_job_success` writes for a plain job without dependents (`run`
     checks that in the same atomic script: a dependent enqueued later sees this job
-    finished), and its count for /metrics (best effort). The job hash is not written back
-    whole: only its status, end time and heartbeat changed since it started."""
+    finished), and its count for /metrics (best effort), stored lean: the return value in
+    the job hash instead of a result stream of its own, and the hash written anew without
+    its empty fields (see `trustcard.job_results`, which RQ's readers go through)."""
     job.ended_at = ended_at
     job.last_heartbeat = ended_at
     rq_seams.mark_finished(job, return_value)
     stamp = utcformat(ended_at)
     assert job.started_at is not None
     batch = CommandBatch()
-    batch.hset(job.key, mapping={"status": JobStatus.FINISHED.value, "ended_at": stamp, "last_heartbeat": stamp})
-    Result.create(
-        job,
-        Result.Type.SUCCESSFUL,
-        return_value=return_value,
-        ttl=result_ttl,
-        worker_name=worker.name,
-        pipeline=batch,
-        execution_id=execution.id,
-        execution_started_at=execution.created_at,
-        execution_ended_at=ended_at,
-    )
+    batch.rewrite_hash(job.key, {
+        "status": JobStatus.FINISHED.value, "ended_at": stamp,
+        job_results.RESULT_FIELD: _serialized(job, return_value), **lean_meta_fields(job),
+        **dict.fromkeys(FINISHED_DROPPED, ""),
+    })
     job.finished_job_registry.add(job, result_ttl, batch)  # type: ignore[arg-type]
     job.cleanup(result_ttl, pipeline=batch, remove_from_queue=False)  # type: ignore[arg-type]
     execution.delete(job=job, pipeline=batch)  # type: ignore[arg-type]
@@ -92,3 +91,30 @@ def success_batch(
     worker.set_state(WorkerStatus.IDLE, pipeline=batch)  # type: ignore[arg-type]
     batch.best_effort.extend(job_end_commands(job, TaskOutcome.COMPLETED))
     return batch
+
+
+def lean_meta_fields(job: Job) -> dict[str, str]:
+    """The finished job's meta without what no reader of a finished job asks for
+    (`LEAN_META_DROPPED`) and without empty entries, in compact JSON: at most 64 bytes for a
+    typical task, so that the hash stays a listpack (Redis' `hash-max-listpack-value`)."""
+    kept = {name: value for name, value in (job.meta or {}).items()
+            if name not in LEAN_META_DROPPED and value is not None}
+    return {"meta": json.dumps(kept, separators=(",", ":")) if kept else ""}
+
+
+FINISHED_DROPPED = ("last_heartbeat", "failure_ttl")
+"""Job fields no reader of a finished job needs: its last heartbeat (its `ended_at` says
+when it was last alive) and how long a failure would be kept. Read as None afterwards."""
+LEAN_META_DROPPED = ("hard_timeout", "request_id")
+"""Read only while the job runs and as it ends, before this rewrite: the hard limit (the
+supervisor kills the job process at it) and the request id (bound to the job's log lines,
+and put in its webhook's delivery job). The log lines keep the request id with the task id."""
+
+
+def _serialized(job: Job, return_value: Any) -> str:
+    """The return value as RQ's `Result` would serialize it (unserializable: RQ's placeholder)."""
+    try:
+        data = job.serializer.dumps(return_value)
+    except Exception:  # noqa: BLE001 - as RQ's Result.serialize
+        data = job.serializer.dumps(UNSERIALIZABLE_RETURN_VALUE_PAYLOAD)
+    return data.decode() if isinstance(data, bytes) else str(data)
