@@ -36,7 +36,7 @@ from trustcard.status import CANCEL_FIELD
 from workers.job_facts import hard_timeout_of, preview, task_log_context
 from workers.supervisor.batches import plain_success, start_batch, success_batch
 from workers.supervisor.bookkeeping import HAS_DEPENDENTS, SUSPENDED, Bookkeeper, CommandBatch, Dequeued
-from workers.supervisor.process import ExitCode, die_with_parent
+from workers.supervisor.process import ExitCode, JobModules, die_with_parent
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -81,6 +81,7 @@ class JobProcess:
         max_memory_mb: int,
         burst: bool,
         max_idle_time: int | None,
+        job_modules: JobModules | None = None,
     ) -> None:
         self.host = host
         self.slot = slot
@@ -90,6 +91,8 @@ class JobProcess:
         self.burst = burst
         self.max_idle_time = max_idle_time
         self.jobs_done = 0
+        self.job_modules = job_modules or JobModules(())
+        self._modules_marked = self.job_modules.loaded
         self._suspended = False
         self._intermediate_keys = {queue.name: queue.intermediate_queue_key for queue in host.queues}
 
@@ -262,6 +265,7 @@ class JobProcess:
             failure = None
         except BaseException:  # noqa: BLE001 - as RQ's perform_job: any escape is the job's failure
             failure = sys.exc_info()
+        self._mark_module(job)
         self.book.receive(sent)
         try:
             if failure is None:
@@ -282,6 +286,13 @@ class JobProcess:
             host.set_state(WorkerStatus.IDLE)
         self.slot.end()
         return None
+
+    def _mark_module(self, job: Job) -> None:
+        """Tell the supervisor, once, that this job's module is imported now (`JobModules`)."""
+        bit = self.job_modules.bit_of(job.func_name or "")
+        if bit and not self._modules_marked & bit:
+            self._modules_marked |= bit
+            self.slot.mark_used(bit)
 
     def _end_through_rq(self, succeeded: Succeeded) -> None:
         """A success whose job has dependents: RQ's own transaction records it and moves the
