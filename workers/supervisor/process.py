@@ -1,8 +1,9 @@
-"""Process plumbing shared by the supervisor, its job process and its scheduler process.
+"""Process plumbing shared by the supervisor and its job process.
 
 Parent-death signals (a child never outlives its supervisor, even a SIGKILLed one), the
-job process's exit codes, waiting for a child through a pidfd, and the wakeup pipe that
-lets a signal interrupt the supervisor's wait at once.
+job process's exit codes, waiting for a child through a pidfd, the wakeup pipe that
+lets a signal interrupt the supervisor's wait at once, and which job code the supervisor
+imports before it forks (`JobModules`).
 """
 
 from __future__ import annotations
