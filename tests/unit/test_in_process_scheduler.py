@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import fakeredis
+import pytest
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import OutOfMemoryError
 from redis.retry import Retry
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
@@ -70,6 +72,22 @@ def test_a_round_with_redis_down_waits_for_the_next(worker: JobProcessSupervisor
     scheduler._connection = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # nothing listens
     scheduler.tick(scheduler._next_round)  # logged, not raised
     scheduler._connection = working
+    job = queue.enqueue_in(timedelta(seconds=-1), "workers.diagnostics.add", x=1, y=2)
+    scheduler.tick(scheduler._next_round)
+    assert queue.get_job_ids() == [job.id]
+
+
+def test_a_round_refused_by_a_full_redis_waits_for_the_next(worker: JobProcessSupervisor, queue: Queue,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory (`noeviction`) refuses the heartbeat's writes: the worker goes on."""
+    scheduler = _scheduler_of(worker)
+
+    def refused() -> None:
+        raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+
+    monkeypatch.setattr(scheduler, "heartbeat", refused)
+    scheduler.tick(scheduler._next_round)  # logged, not raised
+    monkeypatch.undo()
     job = queue.enqueue_in(timedelta(seconds=-1), "workers.diagnostics.add", x=1, y=2)
     scheduler.tick(scheduler._next_round)
     assert queue.get_job_ids() == [job.id]

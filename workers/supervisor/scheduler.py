@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.scheduler import RQScheduler
 from rq.worker import BaseWorker
@@ -28,7 +27,6 @@ from trustcard import rq_seams
 
 log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 LOCK_CHECK_SECONDS = 15.0
 """How often a worker without every scheduler lock tries to take the missing ones."""
 
@@ -47,7 +45,8 @@ class InProcessScheduler(RQScheduler):
 
     def tick(self, moment: float) -> None:
         """One round if one is due: take missing locks now and then, refresh those held,
-        move due jobs onto their queues. Redis errors wait for the next round."""
+        move due jobs onto their queues. A Redis error (down, out of memory) waits for the
+        next round: it must not end the worker, as it ended RQ's scheduler process."""
         if moment < self._next_round:
             return
         self._next_round = moment + self.interval
@@ -64,10 +63,10 @@ class InProcessScheduler(RQScheduler):
             if self._redis_down:
                 self._redis_down = False
                 log.info("scheduler: Redis answers again")
-        except REDIS_DOWN as error:
+        except RedisError as error:
             if not self._redis_down:
                 self._redis_down = True
-                log.warning("scheduler: Redis unreachable, retrying every %s s (%s)", self.interval, error)
+                log.warning("scheduler: Redis refused or unreachable, retrying every %s s (%s)", self.interval, error)
 
     def stop(self) -> None:
         """Release the locks (another worker's scheduler takes over) and deregister."""
@@ -75,7 +74,7 @@ class InProcessScheduler(RQScheduler):
             return
         try:
             super().stop()
-        except REDIS_DOWN as error:
+        except RedisError as error:
             log.warning("scheduler: locks not released, Redis unreachable (%s); they expire", error)
 
 
