@@ -67,7 +67,7 @@ def redis_client(settings: Settings, **options: Any) -> Redis:
 
 def worker_redis_url(settings: Settings) -> str:
     """`REDIS_URL` with the TLS settings in its query, for `rq worker`, which makes its own
-    client from a URL alone (and hands that client's options to its scheduler process)."""
+    client from a URL alone (and its scheduler makes another from that client's options)."""
     extra = tls_options(settings)
     if not extra:
         return settings.redis_url

@@ -23,7 +23,6 @@ from rq.worker import Worker
 from trustcard import job_results, rq_speedups
 
 if TYPE_CHECKING:
-    from multiprocessing.process import BaseProcess
 
     from redis.client import Pipeline
     from rq.executions import Execution
@@ -67,7 +66,8 @@ SEAMS: tuple[Seam, ...] = (
     Seam("rq.job.Job", "_result", "attribute"),
     Seam("rq.job.Job", "_success_callback_name", "attribute"),
     Seam("rq.executions.Execution", "_job", "attribute"),
-    Seam("rq.scheduler.RQScheduler", "_process", "attribute"),
+    Seam("rq.scheduler.RQScheduler", "_status", "attribute"),
+    Seam("rq.scheduler.RQScheduler", "_queue_names", "attribute"),
     Seam("rq.job_lifecycle", "record_job_failure", "function", ("job", "exc_string", "pipeline")),
     # Public, but replaced by `job_results.install`: ours must take what RQ's callers pass.
     Seam("rq.results.Result", "fetch_latest", "method", ("job", "serializer", "timeout")),
@@ -182,9 +182,15 @@ def cached_job(execution: Execution) -> Job | None:
     return job
 
 
-def scheduler_process(scheduler: RQScheduler | None) -> BaseProcess | None:
-    process: BaseProcess | None = scheduler._process if scheduler is not None else None
-    return process
+def mark_scheduler_started(scheduler: RQScheduler) -> None:
+    """What RQ's `RQScheduler.start` sets before it forks (an in-process scheduler forks nothing)."""
+    scheduler._status = scheduler.Status.STARTED
+
+
+def scheduler_queue_names(scheduler: RQScheduler) -> set[str]:
+    """The queues whose scheduler locks this scheduler wants."""
+    names: set[str] = scheduler._queue_names
+    return names
 
 
 def record_job_failure(job: Job, exc_string: str, pipeline: Pipeline) -> None:

@@ -61,7 +61,12 @@ def test_worker_log_lines_carry_the_request_id_and_client_of_their_task(stack: S
     request_id = "router-given-id-0123456789"
     task_id = stack.submit("/tasks/test/add?x=2&y=3", headers={"X-Request-Id": request_id})
     assert stack.wait_for(task_id)["result"] == 5
-    lines = [line for line in stack.workers[0].log().splitlines() if f"task {task_id} " in line]
+
+    def task_lines() -> list[str]:
+        return [line for line in stack.workers[0].log().splitlines() if f"task {task_id} " in line]
+
+    # The success is logged just after it is stored: the result can be read a moment earlier.
+    lines = wait_until(lambda: len(found := task_lines()) >= 2 and found, 10, "the worker to log the success")
     assert len(lines) == 2, lines  # received, succeeded
     assert all(f"[task_id={task_id} request_id={request_id} client=127.0.0.1] " in line for line in lines), lines
 
@@ -72,8 +77,14 @@ def test_log_format_json_setting_makes_every_worker_line_a_json_object(make_stac
     request_id = "router-given-id-9876543210"
     task_id = stack.submit("/tasks/test/add?x=2&y=3", headers={"X-Request-Id": request_id})
     assert stack.wait_for(task_id)["result"] == 5
-    entries = [json.loads(line) for line in worker.log().splitlines()]  # every line, RQ's start-up included
-    mine = [entry for entry in entries if entry["task_id"] == task_id]
+
+    def task_entries() -> list[dict[str, str]]:
+        entries = [json.loads(line) for line in worker.log().splitlines()]  # every line, RQ's start-up included
+        return [entry for entry in entries if entry["task_id"] == task_id]
+
+    # The success is logged just after it is stored: the result can be read a moment earlier.
+    mine = wait_until(lambda: len(found := task_entries()) >= 2 and found, 10, "the worker to log the success",
+                      ignore=(ValueError,))  # a line half written as it is read
     assert len(mine) == 2, mine
     assert mine[0]["message"] == f"task {task_id} received: test.add"
     assert mine[1]["message"].startswith(f"task {task_id} succeeded in ") and mine[1]["message"].endswith(": 5")

@@ -62,8 +62,7 @@ def test_an_idle_worker_obeys_a_shutdown_command_within_moments(make_stack: Call
         wait_for(lambda: blocked_clients(clean_redis), 10, "the job process to wait for work")
         sent = time.monotonic()
         send_shutdown_command(clean_redis, found.name)
-        # The job process, not the worker: the worker's exit also waits for its scheduler
-        # process, whose own loop (RQ's) notices a stop only once a second.
+        # The job process: the worker itself then releases its scheduler locks and deregisters.
         wait_for(lambda: not os.path.exists(f"/proc/{job_process}"), 10, "the job process to end")
         took = time.monotonic() - sent
         assert took < SHUTDOWN_WITHIN_SECONDS, f"an idle worker's job process took {took:.2f} s to stop"

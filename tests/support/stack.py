@@ -57,12 +57,11 @@ class WorkerProcess(ProcessGroup):
         assert self.poll() is None, self.log()
 
     def children(self) -> set[int]:
-        """Process ids whose parent is this worker (its scheduler and its job process)."""
+        """Process ids whose parent is this worker (its job process)."""
         return children_of(self.pid)
 
     def horse(self) -> int | None:
-        """The job process, if one runs: it lives in a process group of its own, unlike the
-        scheduler process, which stays in the worker's group."""
+        """The job process, if one runs: it lives in a process group of its own."""
         table = process_table()
         horses = [pid for pid in self.children() if pid in table and table[pid].group == pid]
         assert len(horses) <= 1, horses

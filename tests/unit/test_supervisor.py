@@ -15,8 +15,6 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from trustcard import rq_seams
-
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.deaths import MAX_DEATHS_BEFORE_START
 
@@ -62,35 +60,3 @@ def test_a_job_that_keeps_killing_its_job_process_is_failed_with_the_reason(work
     assert poison.id in FailedJobRegistry(queue=queue).get_job_ids()
     latest = poison.latest_result()
     assert latest is not None and latest.exc_string.startswith("JobProcessCrashed:")
-
-
-class _ExitedProcess:
-    pid = 4242
-    exitcode = 0
-
-    def is_alive(self) -> bool:
-        return False
-
-
-class _Scheduler:
-    """Stands in for RQ's scheduler whose process has exited; records restarts."""
-
-    def __init__(self) -> None:
-        self._process = _ExitedProcess()
-        self.restarts = 0
-
-    def acquire_locks(self, auto_start: bool = False) -> None:
-        self.restarts += 1
-
-
-def test_an_exited_scheduler_is_started_again_while_the_worker_runs(worker: JobProcessSupervisor) -> None:
-    worker.scheduler = _Scheduler()  # type: ignore[assignment]
-    worker._scheduler_keeper.revive(worker.scheduler, rq_seams.stop_requested(worker))
-    assert worker.scheduler.restarts == 1  # type: ignore[attr-defined]
-
-
-def test_an_exited_scheduler_is_left_alone_once_shutdown_was_requested(worker: JobProcessSupervisor) -> None:
-    worker.scheduler = _Scheduler()  # type: ignore[assignment]
-    rq_seams.set_stop_requested(worker)  # a deploy's SIGTERM reached the scheduler too
-    worker._scheduler_keeper.revive(worker.scheduler, rq_seams.stop_requested(worker))
-    assert worker.scheduler.restarts == 0  # type: ignore[attr-defined]

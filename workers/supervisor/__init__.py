@@ -9,7 +9,7 @@ One process per role:
 - `slot`: the shared page through which the supervisor sees the running job;
 - `deaths`: what is recorded when a job process dies; `commands`: RQ's pubsub commands;
 - `recording`: RQ's own end-of-job methods, counted once for /metrics;
-- `scheduler`: RQ's scheduler process, tied to its worker; `process`: process plumbing.
+- `scheduler`: RQ's scheduler, run in the supervisor's loop; `process`: process plumbing and the job code to import.
 """
 
 from __future__ import annotations

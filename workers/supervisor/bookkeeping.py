@@ -203,11 +203,13 @@ class Bookkeeper:
         self._waiting_client = 0
 
     def run(
-        self, batch: CommandBatch | None, queues: list[Queue] | None, dependents_key: str = ""
+        self, batch: CommandBatch | None, queues: list[Queue] | None, dependents_key: str = "",
+        after: Sent | None = None,
     ) -> Dequeued | str | None:
         """Run `batch` (if any), then take the next job off `queues` (if given) without
         blocking. Returns the job, `SUSPENDED` or None; `HAS_DEPENDENTS` (nothing run,
-        nothing taken) when the set at `dependents_key` is not empty."""
+        nothing taken) when the set at `dependents_key` is not empty. With `after` (a job's
+        start, not received yet) it goes on that connection, behind it: one wait for both."""
         keys = [queue.key for queue in queues] if queues else []
         args: list[Any] = [
             len(keys), "1" if self.use_intermediate else "0", self.job_class.redis_job_namespace_prefix,
@@ -215,7 +217,7 @@ class Bookkeeper:
         ]
         if batch is not None:
             args.extend(batch.script_args())
-        answer = self._script(args=args)
+        answer = self._script(args=args) if after is None else self._run_after(after, args)
         if len(answer) == 1:
             return None
         if len(answer) == 2:
@@ -252,6 +254,29 @@ class Bookkeeper:
             raise
         finally:
             pool.release(sent.connection)
+
+    def _run_after(self, sent: Sent, args: list[Any]) -> Any:
+        """The script with `args`, sent on `sent`'s connection: Redis runs the two in order."""
+        connection = sent.connection
+        missing = [False, False]
+        answer: Any = None
+        try:
+            connection.send_command("EVALSHA", self._script.sha, 0, *args)
+            for index in (0, 1):
+                try:
+                    answer = connection.read_response()
+                except NoScriptError:  # a restarted Redis forgot the script: both fail alike
+                    missing[index] = True
+        except BaseException:
+            connection.disconnect()  # an answer may still be on the way: not reusable
+            raise
+        finally:
+            self.connection.connection_pool.release(connection)
+        if missing[0]:
+            self._script(args=sent.args)
+        if missing[1]:
+            answer = self._script(args=args)
+        return answer
 
     def wait(self, queues: list[Queue], block_seconds: float) -> Dequeued | None:
         """Wait up to `block_seconds` for a job, as RQ does: BLMOVE on one queue, BLPOP on

@@ -35,8 +35,8 @@ from trustcard.metrics.ends import cancel_waiting
 from trustcard.status import CANCEL_FIELD
 from workers.job_facts import hard_timeout_of, preview, task_log_context
 from workers.supervisor.batches import plain_success, start_batch, success_batch
-from workers.supervisor.bookkeeping import HAS_DEPENDENTS, SUSPENDED, Bookkeeper, CommandBatch, Dequeued
-from workers.supervisor.process import ExitCode, die_with_parent
+from workers.supervisor.bookkeeping import HAS_DEPENDENTS, SUSPENDED, Bookkeeper, CommandBatch, Dequeued, Sent
+from workers.supervisor.process import ExitCode, JobModules, die_with_parent
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -66,6 +66,8 @@ class Succeeded:
     execution: Execution
     return_value: Any
     batch: CommandBatch
+    start: Sent
+    """The job's start, its answer not read yet: read with the end's (`Bookkeeper.run`)."""
 
 
 class JobProcess:
@@ -81,6 +83,7 @@ class JobProcess:
         max_memory_mb: int,
         burst: bool,
         max_idle_time: int | None,
+        job_modules: JobModules | None = None,
     ) -> None:
         self.host = host
         self.slot = slot
@@ -90,6 +93,8 @@ class JobProcess:
         self.burst = burst
         self.max_idle_time = max_idle_time
         self.jobs_done = 0
+        self.job_modules = job_modules or JobModules(())
+        self._modules_marked = self.job_modules.loaded
         self._suspended = False
         self._intermediate_keys = {queue.name: queue.intermediate_queue_key for queue in host.queues}
 
@@ -121,6 +126,7 @@ class JobProcess:
                     succeeded.batch if succeeded else None,
                     None if reason is not None else host.ordered_queues(),
                     succeeded.job.dependents_key if succeeded else "",
+                    succeeded.start if succeeded else None,
                 )
             except REDIS_DOWN as error:
                 unrecorded, succeeded = succeeded, None
@@ -262,15 +268,19 @@ class JobProcess:
             failure = None
         except BaseException:  # noqa: BLE001 - as RQ's perform_job: any escape is the job's failure
             failure = sys.exc_info()
+        self._mark_module(job)
+        if failure is None:
+            try:
+                plain = self._plain_success(found, execution, return_value, sent)
+            except REDIS_DOWN:
+                raise
+            except BaseException:  # noqa: BLE001 - a failing success path is the job's failure, as in RQ
+                plain, failure = None, sys.exc_info()
+            if plain is not None:
+                return plain  # its start's answer is read with its end's
         self.book.receive(sent)
         try:
             if failure is None:
-                ended_at = now()
-                result_ttl = job.get_result_ttl(host.default_result_ttl)
-                if plain_success(job, return_value, result_ttl):
-                    host.executions.pop(execution.id, None)
-                    batch = success_batch(host, job, execution, return_value, result_ttl, ended_at)
-                    return Succeeded(job, queue, execution, return_value, batch)
                 host.finish_success(job, queue, execution, return_value)
             else:
                 host.finish_failure(job, queue, execution, failure)
@@ -282,6 +292,24 @@ class JobProcess:
             host.set_state(WorkerStatus.IDLE)
         self.slot.end()
         return None
+
+    def _plain_success(self, found: Dequeued, execution: Execution, return_value: Any, sent: Sent) -> Succeeded | None:
+        """A success the lean batch can record (`batches.plain_success`), or None."""
+        job, host = found.job, self.host
+        ended_at = now()
+        result_ttl = job.get_result_ttl(host.default_result_ttl)
+        if not plain_success(job, return_value, result_ttl):
+            return None
+        host.executions.pop(execution.id, None)
+        batch = success_batch(host, job, execution, return_value, result_ttl, ended_at)
+        return Succeeded(job, found.queue, execution, return_value, batch, sent)
+
+    def _mark_module(self, job: Job) -> None:
+        """Tell the supervisor, once, that this job's module is imported now (`JobModules`)."""
+        bit = self.job_modules.bit_of(job.func_name or "")
+        if bit and not self._modules_marked & bit:
+            self._modules_marked |= bit
+            self.slot.mark_used(bit)
 
     def _end_through_rq(self, succeeded: Succeeded) -> None:
         """A success whose job has dependents: RQ's own transaction records it and moves the

@@ -1,8 +1,9 @@
-"""Process plumbing shared by the supervisor, its job process and its scheduler process.
+"""Process plumbing shared by the supervisor and its job process.
 
 Parent-death signals (a child never outlives its supervisor, even a SIGKILLed one), the
-job process's exit codes, waiting for a child through a pidfd, and the wakeup pipe that
-lets a signal interrupt the supervisor's wait at once.
+job process's exit codes, waiting for a child through a pidfd, the wakeup pipe that
+lets a signal interrupt the supervisor's wait at once, and which job code the supervisor
+imports before it forks (`JobModules`).
 """
 
 from __future__ import annotations
@@ -149,15 +150,33 @@ def describe_wait_status(wait_status: int) -> str:
     return f"exit status {os.WEXITSTATUS(wait_status)}"
 
 
-def preload_job_code(queue_names: Iterable[str], worker_name: str) -> None:
-    """Import the catalogued job modules of these queues once, in the supervisor, so every
-    job process it forks starts warm."""
-    served = set(queue_names)
-    for function_path, job_type in BY_FUNCTION.items():
-        if job_type.queue not in served:
-            continue
-        module = function_path.rsplit(".", 1)[0]
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - the job fails with the import error when it runs
-            log.exception("worker %s: could not preload %s", worker_name, module)
+class JobModules:
+    """The catalogue's job modules for a worker's queues, and which of them it has needed.
+
+    A job module the supervisor imports is shared, page for page, with every job process it
+    forks, which then starts warm. A module no job of this worker has run costs that memory
+    for nothing (the analysis pipeline's loads SQLAlchemy: about 20 MB a worker), so the
+    supervisor imports a module only once a job process has imported it (`JobSlot.mark_used`):
+    the first job of a kind pays its import once; job processes forked after it start warm.
+    """
+
+    def __init__(self, queue_names: Iterable[str]) -> None:
+        served = set(queue_names)
+        names = sorted({path.rsplit(".", 1)[0] for path, job_type in BY_FUNCTION.items() if job_type.queue in served})
+        self.bits = {name: 1 << index for index, name in enumerate(names[:64])}
+        self.loaded = 0
+
+    def bit_of(self, function_path: str) -> int:
+        """This function's module's bit (0 for a module outside the catalogue)."""
+        return self.bits.get(function_path.rpartition(".")[0], 0)
+
+    def preload(self, used: int, worker_name: str) -> None:
+        """Import, here in the supervisor, the modules in `used` not imported yet."""
+        for module, bit in self.bits.items():
+            if not used & bit or self.loaded & bit:
+                continue
+            self.loaded |= bit
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - its jobs fail with the import error when they run
+                log.exception("worker %s: could not preload %s", worker_name, module)

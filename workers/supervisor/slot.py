@@ -29,6 +29,9 @@ ID_BYTES = 256
 _LAYOUT = struct.Struct(f"<QQBB6xddddQ{ID_BYTES}s{ID_BYTES}s{ID_BYTES}s{ID_BYTES}s")
 # seq, done, running, stop_requested, started_wall, started_mono, soft_timeout, hard_deadline,
 # waiting_client, job_id, execution_id, origin, popped
+_USED_OFFSET = _LAYOUT.size
+"""After the fields `_write` rewrites: a bit per catalogue job module a job process imported."""
+_USED = struct.Struct("<Q")
 _STOP_OFFSET = 17
 _WAITING_CLIENT_OFFSET = struct.calcsize("<QQBB6xdddd")
 
@@ -74,7 +77,7 @@ class JobSlot:
     """A page of shared memory and a lock, made before the fork and used by both sides."""
 
     def __init__(self) -> None:
-        self._memory = mmap.mmap(-1, _LAYOUT.size)  # anonymous and MAP_SHARED: seen across fork
+        self._memory = mmap.mmap(-1, _LAYOUT.size + _USED.size)  # anonymous and MAP_SHARED: seen across fork
         self._lock = multiprocessing.get_context("fork").Lock()
         self._write(seq=0, done=0, running=False, stop_requested=False)
 
@@ -144,7 +147,17 @@ class JobSlot:
         with self._lock:
             struct.pack_into("<Q", self._memory, _WAITING_CLIENT_OFFSET, client_id)
 
+    def mark_used(self, bits: int) -> None:
+        """The job process has imported these job modules (`process.JobModules`)."""
+        with self._lock:
+            _USED.pack_into(self._memory, _USED_OFFSET, self.used() | bits)
+
     # --- the supervisor ----------------------------------------------------------------
+
+    def used(self) -> int:
+        """The job modules the job process has imported, as `mark_used` set them."""
+        bits: int = _USED.unpack_from(self._memory, _USED_OFFSET)[0]
+        return bits
 
     def request_stop(self) -> None:
         """Ask the job process to take no new job (it checks between jobs and while idle)."""

@@ -6,7 +6,7 @@ This worker forks one job process (`job_process.JobProcess`) that dequeues and r
 itself with lean bookkeeping, and stays as the supervisor that RQ's parent process is:
 
 - it is the worker RQ knows: it registers, heartbeats, listens on the worker's pubsub
-  channel (`commands`), runs maintenance and the scheduler (`scheduler`), and shows in
+  channel (`commands`), runs maintenance and, in its own loop, the scheduler (`scheduler`), and shows in
   `rq info`, `Worker.all()` and rq-dashboard (its job process writes the busy/idle state);
 - it kills the job process at the job's hard limit (`meta["hard_timeout"]`) and fails
   the job with `TimeLimitExceeded: ...`; the soft limit stays RQ's, inside the job;
@@ -43,7 +43,7 @@ from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
 from workers.supervisor.process import ExitCode, RunningJobProcess
 from workers.supervisor.recording import REDIS_DOWN
-from workers.supervisor.scheduler import SchedulerKeeper, start_scheduler
+from workers.supervisor.scheduler import InProcessScheduler, start_scheduler
 from workers.supervisor.slot import JobSlot, SlotView
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ TICK_SECONDS = 0.5
 RESPAWN_PAUSE_MAX_SECONDS = 10.0
 LONG_JOB_SECONDS = 2.0
 """A job running this long gets its heartbeats from the supervisor."""
-SCHEDULER_CHECK_SECONDS = 2.0
-"""How often the supervisor checks that its scheduler process is still alive."""
 
 
 class JobProcessSupervisor(CommandsMixin):
@@ -76,13 +74,12 @@ class JobProcessSupervisor(CommandsMixin):
         self._wakeup_read: int | None = None
         self._next_heartbeat = 0.0
         self._respawn_pause = 0.0
-        self._next_scheduler_check = 0.0
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
         self._handed_back_seq: int | None = None
         self._poison_pills = PoisonPillGuard(self)
-        self._scheduler_keeper = SchedulerKeeper(self.name)
         self._current_job: Job | None = None
+        self._job_modules = process.JobModules(())
 
     # --- the supervisor's loop -----------------------------------------------------
 
@@ -107,7 +104,7 @@ class JobProcessSupervisor(CommandsMixin):
             self._start_scheduler(burst, logging_level, date_format, log_format)
         rq_seams.install_signal_handlers(self)
         self._wakeup_read = process.install_wakeup_pipe()
-        process.preload_job_code(self.queue_names(), self.name)
+        self._job_modules = process.JobModules(self.queue_names())
         self.log.info(
             "worker %s: job processes run up to %d jobs each (memory limit %s)",
             self.name, self.max_jobs_per_child,
@@ -163,9 +160,8 @@ class JobProcessSupervisor(CommandsMixin):
         if moment >= self._next_heartbeat:
             self._next_heartbeat = moment + self.job_monitoring_interval
             self._heartbeat_for(view, moment)
-        if moment >= self._next_scheduler_check:
-            self._next_scheduler_check = moment + SCHEDULER_CHECK_SECONDS
-            self._scheduler_keeper.revive(self.scheduler, rq_seams.stop_requested(self))
+        if isinstance(self.scheduler, InProcessScheduler) and not rq_seams.stop_requested(self):
+            self.scheduler.tick(moment)
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
 
@@ -200,8 +196,15 @@ class JobProcessSupervisor(CommandsMixin):
         date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
         log_format: str = DEFAULT_LOGGING_FORMAT,
     ) -> None:
-        """As RQ's, but the scheduler process stops when this worker dies, even by SIGKILL."""
+        """As RQ's, but the scheduler runs in this process's loop (`_tick`): no process of its own."""
         start_scheduler(self, burst, logging_level, date_format, log_format)
+
+    def stop_scheduler(self) -> None:
+        """RQ's stops a scheduler process; this one releases the in-process scheduler's locks."""
+        if isinstance(self.scheduler, InProcessScheduler):
+            self.scheduler.stop()
+        else:
+            super().stop_scheduler()
 
     def _next_wake(self) -> float:
         assert self.job_process is not None
@@ -240,7 +243,7 @@ class JobProcessSupervisor(CommandsMixin):
                 self._close_supervisor_fds()
                 code = JobProcess(
                     self, slot, parent_pid=parent_pid, max_jobs=quota, max_memory_mb=self.max_child_memory_mb,
-                    burst=burst, max_idle_time=max_idle_time,
+                    burst=burst, max_idle_time=max_idle_time, job_modules=self._job_modules,
                 ).run()
             except BaseException:  # noqa: BLE001 - the supervisor replaces a crashed job process
                 logging.getLogger("rq.worker").exception("job process crashed outside any job")
@@ -276,6 +279,7 @@ class JobProcessSupervisor(CommandsMixin):
         if ended.pidfd is not None:
             os.close(ended.pidfd)
         view = ended.slot.read()  # the slot stays open: the listener thread may still hold it
+        self._job_modules.preload(ended.slot.used(), self.name)  # the next job process starts warm
         self._jobs_done += view.done
         self.log.debug("worker %s: job process %d ended after %d jobs (%s), %.0f ms CPU in %.1f s", self.name,
                        ended.pid, view.done, process.describe_wait_status(status),
