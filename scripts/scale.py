@@ -110,7 +110,7 @@ def fixed_calls(seed: Filled) -> list[Call]:
         Call("GET /tasks/<failed id>", f"/tasks/{failed}"),
         Call("GET /tasks/", "/tasks/"),
         Call("GET /metrics", "/metrics"),
-        Call("dashboard queues page", "/rq/0/view", dashboard=True),
+        Call("dashboard queues page", "/rq/", dashboard=True),
         Call("dashboard workers page", "/rq/0/view/workers", dashboard=True),
         Call("dashboard jobs page", f"/rq/0/view/jobs/{QUEUE}/finished/{PER_PAGE}/asc/1", dashboard=True),
         Call("dashboard job page", f"/rq/0/view/job/{finished}", dashboard=True),
