@@ -64,7 +64,7 @@ GROWTH_BYTES = 1024
 
 @dataclass(frozen=True)
 class Call:
-    """One call to time; `pages_of` names the registry whose size picks its page."""
+    """One call to time, on the API's connection or the dashboard's (with the login)."""
 
     label: str
     path: str
@@ -99,7 +99,8 @@ def registry_sizes(connection: redis.Redis) -> dict[str, int]:
     keys = {"queued": f"rq:queue:{QUEUE}", "started": f"rq:wip:{QUEUE}", "finished": f"rq:finished:{QUEUE}",
             "failed": f"rq:failed:{QUEUE}", "deferred": f"rq:deferred:{QUEUE}",
             "scheduled": f"rq:scheduled:{QUEUE}", "canceled": f"rq:canceled:{QUEUE}"}
-    return {name: int(connection.llen(key) if name == "queued" else connection.zcard(key)) for name, key in keys.items()}
+    return {name: int(connection.llen(key) if name == "queued" else connection.zcard(key))
+            for name, key in keys.items()}
 
 
 def fixed_calls(seed: Filled) -> list[Call]:
