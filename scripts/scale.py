@@ -19,10 +19,12 @@ ascending and descending). Each is the median of `--samples` requests on one kee
 connection after a warm-up. It prints a table (call, empty ms, full ms, ratio, bytes) and
 Redis memory per stored task (INFO `used_memory` delta over the tasks stored), and exits 1
 when a call failed, when a jobs list answered more jobs than its page, when a call's answer
-grew past twice its empty size (plus a little for longer page numbers), or when a call is
-over `--max-ratio` (2) times its empty time and also more than `--floor-ms` (5 ms) slower:
-on a shared machine a 1 ms call measured at 2.5 ms is scheduling noise, while work that
-grows with the stored tasks costs far more than 5 ms at a million of them.
+grew past twice its empty size (plus a little for longer page numbers), or when a call's
+fastest request is over `--max-ratio` (2) times its fastest empty one and also more than
+`--floor-ms` (5 ms) slower. The fastest, because other work on the machine only ever adds
+time, while work that grows with the stored tasks is in every request; the floor, because on
+a shared machine a 1 ms call measured at 2.5 ms is scheduling noise, while such work costs
+far more than 5 ms at a million tasks.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Call:
 @dataclass
 class Timing:
     ms: float
+    """The median."""
+    fastest: float
     size: int
     jobs: int | None
     status: int
@@ -132,7 +136,7 @@ def time_call(client: KeepAliveConnection, call: Call, samples: int) -> Timing:
     jobs = None
     if call.page_limit is not None and status == 200:
         jobs = len(json.loads(body)["jobs"])
-    return Timing(statistics.median(times), len(body), jobs, status)
+    return Timing(statistics.median(times), min(times), len(body), jobs, status)
 
 
 def time_all(stack: ProcfileStack, calls: list[Call], samples: int) -> dict[str, Timing]:
@@ -155,8 +159,8 @@ def problems_of(call: Call, empty: Timing, full: Timing, max_ratio: float, floor
         found.append(f"{full.jobs} jobs for a page of {call.page_limit}")
     if full.size > 2 * empty.size + GROWTH_BYTES:
         found.append(f"answer grew from {empty.size} to {full.size} bytes")
-    if max_ratio and full.ms > max_ratio * empty.ms and full.ms - empty.ms > floor_ms:
-        found.append(f"{full.ms / empty.ms:.1f}x its empty time")
+    if max_ratio and full.fastest > max_ratio * empty.fastest and full.fastest - empty.fastest > floor_ms:
+        found.append(f"{full.fastest / empty.fastest:.1f}x its empty time")
     return found
 
 
@@ -203,15 +207,16 @@ def run(stack: ProcfileStack, args: argparse.Namespace) -> int:
 
     failures = 0
     print(f"\nstored {args.finished:,} finished + {args.failed:,} failed tasks in {fill_seconds:.0f} s "
-          f"({stored / max(fill_seconds, 1e-9):,.0f}/s); each call is the median of {args.samples} requests\n")
-    print("| call | empty, ms | full, ms | ratio | bytes (full) |")
+          f"({stored / max(fill_seconds, 1e-9):,.0f}/s); each call is {args.samples} requests after two warm-ups\n")
+    print("| call | empty, ms (median / fastest) | full, ms (median / fastest) | ratio (fastest) | bytes (full) |")
     print("| --- | --- | --- | --- | --- |")
     for empty_call, full_call in zip(calls + empty_calls, calls + full_calls, strict=True):
         before, after = empty[empty_call.label], full[full_call.label]
         found = problems_of(full_call, before, after, args.max_ratio, args.floor_ms)
         failures += bool(found)
         note = f" **{'; '.join(found)}**" if found else ""
-        print(f"| {full_call.label} | {before.ms:.1f} | {after.ms:.1f} | {after.ms / before.ms:.2f} | "
+        print(f"| {full_call.label} | {before.ms:.1f} / {before.fastest:.1f} | {after.ms:.1f} / {after.fastest:.1f} | "
+              f"{after.fastest / before.fastest:.2f} | "
               f"{after.size:,}{note} |")
     per_task = (memory_after - memory_before) / max(stored, 1)
     print(f"\nRedis used_memory: {memory_before / 2**20:,.1f} MB before, {memory_after / 2**20:,.1f} MB after: "
