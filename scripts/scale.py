@@ -15,10 +15,11 @@ script) and every call is timed again ("full"), on the same processes.
 The calls: `/health`, `GET /tasks/<id>` (a finished and a failed task), `GET /tasks/`,
 `/metrics`, the dashboard's HTML pages (queues, workers, a jobs list, a job) and its JSON
 (queues, workers, a job, and the jobs lists of every registry: first, middle and last page,
-ascending and descending). Each is the median of `--samples` requests on one keep-alive
-connection after a warm-up. It prints a table (call, empty ms, full ms, ratio, bytes) and
-Redis memory per stored task (INFO `used_memory` delta over the tasks stored), and exits 1
-when a call failed, when a jobs list answered more jobs than its page, when a call's answer
+ascending and descending). Each is requested `--samples` times on a keep-alive connection,
+in rounds (every call once a round, after two warm-up rounds), so that a burst of other work
+on the machine costs one sample of many calls rather than every sample of one. It prints a
+table (call, empty ms, full ms, ratio, bytes) and Redis memory per stored task (INFO
+`used_memory` delta over the tasks stored), and exits 1 when a call failed, when a jobs list answered more jobs than its page, when a call's answer
 grew past twice its empty size (plus a little for longer page numbers), or when a call's
 fastest request is over `--max-ratio` (2) times its fastest empty one and also more than
 `--floor-ms` (5 ms) slower. The fastest, because other work on the machine only ever adds
@@ -126,29 +127,36 @@ def fixed_calls(seed: Filled) -> list[Call]:
     ]
 
 
-def time_call(client: KeepAliveConnection, call: Call, samples: int) -> Timing:
-    times, body, status = [], b"", 0
-    for attempt in range(samples + 2):  # two warm-up requests
-        started = time.perf_counter()
-        status, body = client.request("GET", call.path)
-        if attempt >= 2:
-            times.append((time.perf_counter() - started) * 1000)
-    jobs = None
-    if call.page_limit is not None and status == 200:
-        jobs = len(json.loads(body)["jobs"])
-    return Timing(statistics.median(times), min(times), len(body), jobs, status)
+WARM_UP_ROUNDS = 2
 
 
 def time_all(stack: ProcfileStack, calls: list[Call], samples: int) -> dict[str, Timing]:
+    """Each call `samples` times, in rounds (every call once a round, after two warm-up rounds):
+    a burst of other work on the machine then costs one sample of many calls, not every sample
+    of one call."""
     credentials = base64.b64encode(f"{DASHBOARD_USER}:{DASHBOARD_PASSWORD}".encode()).decode()
     api = KeepAliveConnection("127.0.0.1", stack.port, timeout=120)
     dashboard = KeepAliveConnection("127.0.0.1", stack.port, timeout=120,
                                     headers={"Authorization": f"Basic {credentials}"})
+    times: dict[str, list[float]] = {call.label: [] for call in calls}
+    last: dict[str, tuple[int, bytes]] = {}
     try:
-        return {call.label: time_call(dashboard if call.dashboard else api, call, samples) for call in calls}
+        for round_number in range(samples + WARM_UP_ROUNDS):
+            for call in calls:
+                started = time.perf_counter()
+                last[call.label] = (dashboard if call.dashboard else api).request("GET", call.path)
+                if round_number >= WARM_UP_ROUNDS:
+                    times[call.label].append((time.perf_counter() - started) * 1000)
     finally:
         api.close()
         dashboard.close()
+    timings = {}
+    for call in calls:
+        status, body = last[call.label]
+        jobs = len(json.loads(body)["jobs"]) if call.page_limit is not None and status == 200 else None
+        taken = times[call.label]
+        timings[call.label] = Timing(statistics.median(taken), min(taken), len(body), jobs, status)
+    return timings
 
 
 def problems_of(call: Call, empty: Timing, full: Timing, max_ratio: float, floor_ms: float) -> list[str]:
@@ -207,7 +215,8 @@ def run(stack: ProcfileStack, args: argparse.Namespace) -> int:
 
     failures = 0
     print(f"\nstored {args.finished:,} finished + {args.failed:,} failed tasks in {fill_seconds:.0f} s "
-          f"({stored / max(fill_seconds, 1e-9):,.0f}/s); each call is {args.samples} requests after two warm-ups\n")
+          f"({stored / max(fill_seconds, 1e-9):,.0f}/s); each call is {args.samples} requests, one a round, "
+          f"after two warm-up rounds\n")
     print("| call | empty, ms (median / fastest) | full, ms (median / fastest) | ratio (fastest) | bytes (full) |")
     print("| --- | --- | --- | --- | --- |")
     for empty_call, full_call in zip(calls + empty_calls, calls + full_calls, strict=True):
