@@ -19,8 +19,8 @@ ascending and descending). Each is requested `--samples` times on a keep-alive c
 in rounds (every call once a round, after two warm-up rounds), so that a burst of other work
 on the machine costs one sample of many calls rather than every sample of one. It prints a
 table (call, empty ms, full ms, ratio, bytes) and Redis memory per stored task (INFO
-`used_memory` delta over the tasks stored), and exits 1 when a call failed, when a jobs list answered more jobs than its page, when a call's answer
-grew past twice its empty size (plus a little for longer page numbers), or when a call's
+`used_memory` delta over the tasks stored), and exits 1 when a call failed, when a jobs list
+answered more jobs than its page, when a call's answer grew past twice its empty size (plus a little for longer page numbers), or when a call's
 fastest request is over `--max-ratio` (2) times its fastest empty one and also more than
 `--floor-ms` (5 ms) slower. The fastest, because other work on the machine only ever adds
 time, while work that grows with the stored tasks is in every request; the floor, because on
