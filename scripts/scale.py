@@ -17,15 +17,17 @@ The calls: `/health`, `GET /tasks/<id>` (a finished and a failed task), `GET /ta
 (queues, workers, a job, and the jobs lists of every registry: first, middle and last page,
 ascending and descending). Each is requested `--samples` times on a keep-alive connection,
 in rounds (every call once a round, after two warm-up rounds), so that a burst of other work
-on the machine costs one sample of many calls rather than every sample of one. It prints a
-table (call, empty ms, full ms, ratio, bytes) and Redis memory per stored task (INFO
-`used_memory` delta over the tasks stored), and exits 1 when a call failed, when a jobs list
-answered more jobs than its page, when a call's answer grew past twice its empty size (plus a little for longer page numbers), or when a call's
-fastest request is over `--max-ratio` (2) times its fastest empty one and also more than
-`--floor-ms` (5 ms) slower. The fastest, because other work on the machine only ever adds
-time, while work that grows with the stored tasks is in every request; the floor, because on
-a shared machine a 1 ms call measured at 2.5 ms is scheduling noise, while such work costs
-far more than 5 ms at a million tasks.
+on the machine costs one sample of many calls rather than every sample of one.
+
+It prints a table (call, empty ms, full ms, ratio, bytes) and Redis memory per stored task
+(INFO `used_memory` delta over the tasks stored), and exits 1 when a call failed, when a
+jobs list answered more jobs than its page, when an answer grew past twice its empty size
+(plus a little for longer page numbers), or when a call's fastest request is over
+`--max-ratio` (2) times its fastest empty one and also more than `--floor-ms` (5 ms)
+slower. The fastest, because other work on the machine only ever adds time, while work
+that grows with the stored tasks is in every request; the floor, because on a shared
+machine a 1 ms call measured at 2.5 ms is scheduling noise, while such work costs far more
+than 5 ms at a million tasks.
 """
 
 from __future__ import annotations
