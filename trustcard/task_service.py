@@ -268,7 +268,8 @@ class TaskService:
         views = []
         for queue_name in QUEUE_NAMES:
             registry = StartedJobRegistry(queue_name, connection=self.connection, serializer=JSONSerializer)
-            for job_id in registry.get_job_ids():
+            # No clean-up inside a request: `_view` settles an abandoned job by itself.
+            for job_id in registry.get_job_ids(cleanup=False):
                 try:
                     views.append(self._view(self._fetch(job_id)))
                 except TaskNotFound:

@@ -9,6 +9,8 @@ rq-dashboard 0.9.0 does not serve this service as shipped:
   JSON;
 - it opens a new Redis client, without timeouts, on every request: it is given the
   app's own client instead (timeouts, one pool; fakeredis in unit tests);
+- its JSON jobs lists read far more than their page (page N of a registry reads about N
+  pages): `dashboard_pages.jobs_page` reads only the page, under rq-dashboard's own name;
 - its blueprint is a module-level object: Flask refuses a `before_request` hook added
   to it after its first registration, so a guard added per app breaks the second app
   `create_app` builds. The login guard is an app-level hook on the /rq path instead,
@@ -33,6 +35,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
+from trustcard.api import dashboard_pages
 from trustcard.api.errors import error_response
 from trustcard.catalogue import QUEUE_NAMES
 from trustcard.config import Settings
@@ -51,6 +54,8 @@ URL_PREFIX = "/rq"
 BLUEPRINT = rq_dashboard.blueprint.name
 REALM = 'Basic realm="TrustCard dashboard", charset="UTF-8"'
 REDIS_EXTENSION = "trustcard.redis"
+JOBS_LIST = f"{BLUEPRINT}.list_jobs"
+"""rq-dashboard's JSON jobs list; its page is read by `dashboard_pages.jobs_page`."""
 ONLY_INSTANCE = 0
 """The dashboard shows one Redis (ours): instance 0 in its URLs."""
 
@@ -105,6 +110,7 @@ def _teach_rq_dashboard_json() -> None:
     rq_dashboard.web.Job = JSONReadingJob
     rq_dashboard.web.requeue_job = requeue_failed_job
     rq_dashboard.web.from_url = app_redis
+    rq_dashboard.web.get_queue_registry_jobs_count = dashboard_pages.jobs_page
 
 
 def _is_dashboard_path(path: str) -> bool:
@@ -168,6 +174,18 @@ def _answering_as_json(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _checking_page(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A jobs list with a page size or number that is not a small positive whole number is a
+    422 naming it (rq-dashboard answers 500, and would read a registry whole for a huge page)."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        per_page, page = dashboard_pages.checked_page(str(kwargs["per_page"]), str(kwargs["page"]))
+        return view(*args, **{**kwargs, "per_page": per_page, "page": page})
+
+    return wrapper
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     """Mount the dashboard at /rq when a password is configured; safe for any number of apps."""
     if settings.dashboard_password is None:
@@ -181,5 +199,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.before_request(require_login)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=URL_PREFIX)
     for endpoint, view in list(app.view_functions.items()):
+        if endpoint == JOBS_LIST:
+            view = _checking_page(view)
         if endpoint.startswith(BLUEPRINT + "."):
             app.view_functions[endpoint] = _answering_as_json(view)
