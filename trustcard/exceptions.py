@@ -162,6 +162,20 @@ class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
 
 
+class QueueNotReplicated(ServiceUnavailable):
+    """Fewer Redis replicas than REDIS_MIN_REPLICAS_ACK confirmed the submission in time, so it was
+    not accepted: the service cancelled the task it had written. A failover may still bring that
+    task back uncancelled: after Retry-After, GET /tasks/{task_id}; submit again only when it
+    answers 404 or `cancelled`."""
+
+    code = "not_replicated"
+    retry_after_seconds = 2
+    example = {"task_id": "8478ac34-9f5a-436c-bf85-f768be21688b"}
+
+    class Details(BaseModel):
+        task_id: str = Field(description="The task written to the master and then cancelled; it may still run.")
+
+
 class QueueFull(ServiceUnavailable):
     """The queue holds as many tasks as it may: MAX_QUEUE_DEPTH waiting."""
 

@@ -33,16 +33,25 @@ from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
 from trustcard.exceptions import (
     QueueFull,
+    QueueNotReplicated,
     QueueUnavailable,
     TaskAlreadyEnded,
     TaskNotFound,
     TaskNotRetryable,
+    TrustCardError,
     UnknownJobType,
 )
 from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
 from trustcard.status import CANCEL_FIELD, TaskStatus
 from trustcard.task_events import progress_log
-from trustcard.task_submission import IdempotencyKeys, Submission, check_callback, enqueue, validate_params
+from trustcard.task_submission import (
+    IdempotencyKeys,
+    Submission,
+    check_callback,
+    enqueue,
+    replicas_holding,
+    validate_params,
+)
 from trustcard.task_view import StoredTask, TaskView, build_view, job_meta, pending_view
 
 __all__ = ["TASK_ID_PATTERN", "Submission", "TaskService", "TaskView", "redis_required"]
@@ -137,15 +146,51 @@ class TaskService:
                 self.connection, queue, job_type, params, job_id, self.settings,
                 submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
             )
+            if self.settings.redis_min_replicas_ack:
+                self._confirm_replicated(job_id)
         except BaseException:
             if idempotency_key is not None:
-                self._idempotency.release(idempotency_key, job_id)
+                self._release_key(idempotency_key, job_id)
             raise
         with logs.bound(task_id=job.id):
             log.info("task %s received: %s %s", job.id, job_type.name, params)
         # Just enqueued under a new id: nothing to read back, no cancel flag, no result yet.
         stored = StoredTask(job, cancel_requested=False, latest=None, callback=callback)
         return Submission(self._view(stored), replayed=False)
+
+    def _confirm_replicated(self, job_id: str) -> None:
+        """Return once `REDIS_MIN_REPLICAS_ACK` replicas hold the task just enqueued; else
+        cancel it (best effort: the master may be gone) and refuse the submission, so that a
+        202 always means a failover cannot lose the task."""
+        wanted = self.settings.redis_min_replicas_ack
+        try:
+            holding = replicas_holding(self.connection, wanted)
+        except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES) as error:  # the master died after the enqueue
+            log.warning("task %s: replicas could not confirm it: %s", job_id, error)
+            holding = None
+        if holding is not None and holding >= wanted:
+            return
+        try:
+            self.cancel(job_id)
+            outcome = "it was cancelled"
+        except TrustCardError as error:  # unreachable, or a worker ended it already
+            log.warning("task %s: not confirmed by replicas, and not cancelled: %s", job_id, error.message)
+            outcome = "cancelling it failed too"
+        confirmed = "no answer" if holding is None else f"{holding} of {wanted}"
+        raise QueueNotReplicated(
+            f"Task {job_id} was written to the Redis master, but replicas did not confirm it in time "
+            f"({confirmed}), so it was not accepted and {outcome}. A failover may still bring it back "
+            f"uncancelled: GET /tasks/{job_id} after Retry-After, and submit again only when it answers 404 or "
+            "cancelled.",
+            task_id=job_id,
+        )
+
+    def _release_key(self, idempotency_key: str, job_id: str) -> None:
+        """Give the key up after a failed submission; a Redis that is down keeps the real error visible."""
+        try:
+            self._idempotency.release(idempotency_key, job_id)
+        except REDIS_DOWN_ERRORS as error:
+            log.warning("Idempotency-Key of task %s not released: %s", job_id, error)
 
     @redis_required
     def retry(self, task_id: str) -> TaskView:
