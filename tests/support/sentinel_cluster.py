@@ -2,7 +2,8 @@
 `redis-server` (`--sentinel` for the sentinels) on a spare port with its own directory.
 
 The sentinels decide quickly (down after 1 s, failover timeout 5 s): that is the Redis side
-of a test, not a setting of ours. `kill_master` SIGKILLs whichever server is master now.
+of a test, not a setting of ours. `kill_master` SIGKILLs whichever server is master now;
+`cut_off_replicas` first makes the master the only one holding what it takes next.
 """
 
 from __future__ import annotations
@@ -151,6 +152,25 @@ class SentinelCluster:
         master.kill()
         return master
 
+    def cut_off_replicas(self) -> None:
+        """The replicas stop hearing from the master, as in a network partition: frozen
+        (SIGSTOP), and the master drops its links to them, so what it takes from now on
+        reaches no replica. The master goes on answering its clients."""
+        master = self.master()
+        for node in self.data:
+            if node is not master and node.process is not None:
+                node.process.send_signal(signal.SIGSTOP)
+        client = master.client()
+        try:
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        finally:
+            client.close()
+
+    def resume_replicas(self) -> None:
+        for node in self.data:
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGCONT)
+
     def wait_failed_over(self, old: Node, timeout: float) -> Node:
         """Until the sentinels name another master that answers as one."""
         def promoted() -> Node | None:
@@ -169,5 +189,6 @@ class SentinelCluster:
         return wait_until(promoted, timeout, "the sentinels to promote a replica")
 
     def stop(self) -> None:
+        self.resume_replicas()  # a frozen process takes its SIGKILL all the same; this keeps the order plain
         for node in [*self.sentinels, *self.data]:
             node.kill()

@@ -15,7 +15,7 @@ from rq.job import JobStatus
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from trustcard import rq_seams
+from trustcard import failures, rq_seams
 
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.deaths import MAX_DEATHS_BEFORE_START
@@ -94,3 +94,44 @@ def test_an_exited_scheduler_is_left_alone_once_shutdown_was_requested(worker: J
     rq_seams.set_stop_requested(worker)  # a deploy's SIGTERM reached the scheduler too
     worker._scheduler_keeper.revive(worker.scheduler, rq_seams.stop_requested(worker))
     assert worker.scheduler.restarts == 0  # type: ignore[attr-defined]
+
+
+def rolled_back_to_started(queue: Queue, worker_name: str) -> str:
+    """A job as a failover can leave it: its start replicated, its end not (it reads started)."""
+    job = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    taken_off_the_queue(queue, job.id)
+    job.worker_name = worker_name
+    job.save()
+    job.set_status(JobStatus.STARTED)
+    return job.id
+
+
+def test_a_job_whose_end_a_failover_undid_is_failed_with_the_reason(worker: JobProcessSupervisor, queue: Queue) -> None:
+    job_id = rolled_back_to_started(queue, worker.name)
+    job = queue.fetch_job(job_id)
+    worker.recover_rolled_back(job, queue)
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert job.latest_result().exc_string == failures.REDIS_LOST.render()
+    assert job_id in FailedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
+
+
+def test_a_job_started_by_another_worker_or_ended_is_left_alone(worker: JobProcessSupervisor, queue: Queue) -> None:
+    others = queue.fetch_job(rolled_back_to_started(queue, "another-worker"))
+    worker.recover_rolled_back(others, queue)
+    assert others.get_status(refresh=True) == JobStatus.STARTED
+    waiting = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 2, "y": 2})  # rolled back to queued
+    worker.recover_rolled_back(waiting, queue)
+    assert waiting.get_status(refresh=True) == JobStatus.QUEUED and queue.get_job_ids() == [waiting.id]
+    gone = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 3, "y": 3})
+    gone.delete()
+    worker.recover_rolled_back(gone, queue)  # never reached the new master: nothing to do
+
+
+def test_a_job_whose_start_a_failover_undid_is_put_back_on_its_queue(worker: JobProcessSupervisor, queue: Queue) -> None:
+    job = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    taken_off_the_queue(queue, job.id)  # taken, then the failover lost its start: queued, in no queue
+    assert worker.recover_rolled_back(job, queue) is True
+    worker.put_back_rolled_back(job, queue)
+    assert queue.get_job_ids() == [job.id]
+    assert queue.connection.lrange(queue.intermediate_queue_key, 0, -1) == []
+    assert worker.recover_rolled_back(job, queue) is False  # on its queue: it simply runs again

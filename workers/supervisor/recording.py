@@ -109,6 +109,39 @@ class RecordingWorker(Worker):
             return
         self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
 
+    def recover_rolled_back(self, job: Job, queue: Queue) -> bool:
+        """A job this worker took before a Redis outage, whose records a failover may have
+        undone (the replica promoted had not received them yet). Read `started` under this
+        worker's name again, nobody runs it and it would stay so: it is failed with the reason
+        (its retry policy may requeue it), as a job whose end was lost is. Read `queued` but
+        in the queue's intermediate list, it was taken and never started: True, and
+        `put_back_rolled_back` puts it back. Read `queued` on its queue, it simply runs again."""
+        try:
+            job.refresh()
+        except (NoSuchJobError, InvalidJobOperation):
+            return False  # rolled back to before it was queued: never accepted on the new master
+        status = job.get_status(refresh=False)
+        if status == JobStatus.STARTED and job.worker_name == self.name:
+            self.log.warning("task %s: its end was lost in a Redis failover (it reads started again)", job.id)
+            self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
+            return False
+        return status in (JobStatus.QUEUED, JobStatus.CREATED) and self._taken_not_started(job, queue)
+
+    def put_back_rolled_back(self, job: Job, queue: Queue) -> None:
+        """Put a job `recover_rolled_back` found taken but never started back at the front of
+        its queue, if it still is so (another worker that took it meanwhile has started it)."""
+        if job.get_status(refresh=True) not in (JobStatus.QUEUED, JobStatus.CREATED):
+            return
+        if not self._taken_not_started(job, queue):
+            return
+        self.connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job.id)
+        self.connection.lpush(queue.key, job.id)
+        self.log.warning("task %s: its start was lost in a Redis failover; put back on queue %s", job.id, queue.name)
+
+    def _taken_not_started(self, job: Job, queue: Queue) -> bool:
+        intermediate = IntermediateQueue.get_intermediate_queue_key(queue.key)
+        return self.connection.lpos(intermediate, job.id) is not None and self.connection.lpos(queue.key, job.id) is None
+
     def hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
         self._handing_back_job_id = job.id  # not an end: another worker runs it
