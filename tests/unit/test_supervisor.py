@@ -127,7 +127,9 @@ def test_a_job_started_by_another_worker_or_ended_is_left_alone(worker: JobProce
     worker.recover_rolled_back(gone, queue)  # never reached the new master: nothing to do
 
 
-def test_a_job_whose_start_a_failover_undid_is_put_back_on_its_queue(worker: JobProcessSupervisor, queue: Queue) -> None:
+def test_a_job_whose_start_a_failover_undid_is_put_back_on_its_queue(
+    worker: JobProcessSupervisor, queue: Queue
+) -> None:
     job = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
     taken_off_the_queue(queue, job.id)  # taken, then the failover lost its start: queued, in no queue
     assert worker.recover_rolled_back(job, queue) is True

@@ -140,7 +140,8 @@ class RecordingWorker(Worker):
 
     def _taken_not_started(self, job: Job, queue: Queue) -> bool:
         intermediate = IntermediateQueue.get_intermediate_queue_key(queue.key)
-        return self.connection.lpos(intermediate, job.id) is not None and self.connection.lpos(queue.key, job.id) is None
+        taken = self.connection.lpos(intermediate, job.id) is not None
+        return taken and self.connection.lpos(queue.key, job.id) is None
 
     def hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
