@@ -291,6 +291,8 @@ def count_lost(stack: Stack, run: FailoverRun, fault: str) -> int:
     print(f"REDIS_MIN_REPLICAS_ACK=0, {fault}: {accepted} answered 202, {lost} lost in the failover "
           f"({len(ended['lost'])} gone, {len(ended['stuck'])} never ran), {len(ended['interrupted'])} running at the "
           f"kill (failed: Redis lost), {len(ended['wrong'])} wrong")
+    for attempt in ended["stuck"]:  # there, but not ended: say how, for whoever reads the output
+        print(f"  never ran: {attempt.body.get('task_id')} reads {attempt.body.get('status')}")
     assert not ended["wrong"], ended["wrong"][:3]
     assert len(ended["interrupted"]) <= 1, ended["interrupted"]
     return lost
