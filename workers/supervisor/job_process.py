@@ -21,7 +21,6 @@ import resource
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +53,9 @@ IDLE_WAIT_SECONDS = 1
 """Longest blocking dequeue; a stop request unblocks it at once (`JobSlot.waiting_client`)."""
 SUSPENDED_PAUSE_SECONDS = 1.0
 REDIS_RETRY_MAX_SECONDS = 5.0
-RECHECK_SECONDS = 60.0
-"""After a Redis outage, the jobs taken this long before are read again: a failover can undo
-the last writes the master made, as far back as its replicas lagged (seconds at most)."""
-RECHECK_JOBS = 2_000
-ROLLED_BACK_SETTLE_SECONDS = 0.2
-"""At most this many of them (the latest): a bound on memory and on the reads after an outage."""
+TAKEN_SETTLE_SECONDS = 0.2
+"""After an outage, how long a job found taken and not started is given before it is put
+back: a worker that took it a moment ago starts it within milliseconds."""
 
 _CANCEL_FIELD = CANCEL_FIELD.encode()
 
@@ -99,8 +95,6 @@ class JobProcess:
         self.jobs_done = 0
         self._suspended = False
         self._intermediate_keys = {queue.name: queue.intermediate_queue_key for queue in host.queues}
-        self._taken: deque[tuple[float, Job, Queue]] = deque(maxlen=RECHECK_JOBS)
-        """The jobs started lately, for `_recheck_after_outage`."""
 
     def run(self) -> ExitCode:
         """Become the job process, then run jobs until a reason to leave."""
@@ -264,7 +258,6 @@ class JobProcess:
         batch, execution = start_batch(host, job, host.get_heartbeat_ttl(job), intermediate_key)
         self.slot.begin(job.id, execution.id, job.origin, float(soft_timeout), float(hard_timeout_of(job)))
         sent = self.book.send(batch)
-        self._taken.append((time.monotonic(), job, queue))
         host.executions[execution.id] = execution
         try:
             with host.death_penalty_class(soft_timeout, JobTimeoutException, job_id=job.id):
@@ -359,21 +352,19 @@ class JobProcess:
                 pause = min(pause * 2, REDIS_RETRY_MAX_SECONDS)
 
     def _recheck_after_outage(self) -> None:
-        """The jobs started in the last `RECHECK_SECONDS`, read again: one whose end a
-        failover undid is failed with the reason instead of reading `started` for ever, one
-        whose start it undid is put back on its queue instead of staying in the queue's
-        intermediate list (the host's `recover_rolled_back`). Redis going away again ends
-        the pass; the next outage's pass reads them again."""
-        since = time.monotonic() - RECHECK_SECONDS
-        recent = [(job, queue) for taken_at, job, queue in self._taken if taken_at >= since]
+        """What a failover may have undone of this worker's records, put right (the host's
+        `recover_after_failover`): a job whose end it undid is failed with the reason instead
+        of reading `started` for ever, one whose start it undid is put back on its queue
+        instead of staying in the queue's intermediate list. Redis going away again ends the
+        pass; the next outage's pass looks again."""
         try:
-            taken = [(job, queue) for job, queue in recent if self.host.recover_rolled_back(job, queue)]
-            if taken:  # another worker taking the same job at this moment starts it within moments
-                time.sleep(ROLLED_BACK_SETTLE_SECONDS)
+            taken = self.host.recover_after_failover()
+            if taken:
+                time.sleep(TAKEN_SETTLE_SECONDS)
                 for job, queue in taken:
-                    self.host.put_back_rolled_back(job, queue)
+                    self.host.put_back_if_still_taken(job, queue)
         except REDIS_DOWN as error:
-            log.error("job process: Redis went away again while re-reading recent jobs (%s)", error)
+            log.error("job process: Redis went away again while looking for undone records (%s)", error)
 
 
 def _log_success(job: Job) -> None:
