@@ -162,6 +162,25 @@ class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
 
 
+class QueueNotReplicated(ServiceUnavailable):
+    """Fewer Redis replicas than REDIS_MIN_REPLICAS_ACK confirmed the submission in time, so it was
+    not accepted: the service cancelled the task it had written (a batch's: each of `task_ids`). A
+    failover may still bring it back uncancelled: after Retry-After, GET /tasks/{task_id}; submit
+    again only when it answers 404 or `cancelled`."""
+
+    code = "not_replicated"
+    retry_after_seconds = 2
+    example = {"task_id": "8478ac34-9f5a-436c-bf85-f768be21688b"}
+
+    class Details(BaseModel):
+        task_id: str | None = Field(
+            default=None, description="The task written to the master and then cancelled; it may still run."
+        )
+        task_ids: list[str] | None = Field(
+            default=None, description="A batch's tasks (POST /tasks/batch), each written and then cancelled."
+        )
+
+
 class QueueFull(ServiceUnavailable):
     """The queue holds as many tasks as it may: MAX_QUEUE_DEPTH waiting."""
 

@@ -33,17 +33,26 @@ from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS, REDIS_REFUSING_WRITES
 from trustcard.exceptions import (
     QueueFull,
+    QueueNotReplicated,
     QueueUnavailable,
     TaskAlreadyEnded,
     TaskNotFound,
     TaskNotRetryable,
+    TrustCardError,
     UnknownJobType,
 )
 from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
 from trustcard.status import CANCEL_FIELD, TaskStatus
 from trustcard.task_batch import BatchIdempotencyKeys, BatchSubmission, BatchTask, check_queue_depths, enqueue_batch
 from trustcard.task_events import progress_log
-from trustcard.task_submission import IdempotencyKeys, Submission, check_callback, enqueue, validate_params
+from trustcard.task_submission import (
+    IdempotencyKeys,
+    Submission,
+    check_callback,
+    enqueue,
+    replicas_holding,
+    validate_params,
+)
 from trustcard.task_view import StoredTask, TaskView, build_view, job_meta, pending_view
 
 __all__ = ["TASK_ID_PATTERN", "Submission", "TaskService", "TaskView", "redis_required"]
@@ -139,15 +148,63 @@ class TaskService:
                 self.connection, queue, job_type, params, job_id, self.settings,
                 submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
             )
+            if self.settings.redis_min_replicas_ack:
+                self._confirm_replicated([job_id])
         except BaseException:
             if idempotency_key is not None:
-                self._idempotency.release(idempotency_key, job_id)
+                self._release_key(idempotency_key, job_id)
             raise
         with logs.bound(task_id=job.id):
             log.info("task %s received: %s %s", job.id, job_type.name, params)
         # Just enqueued under a new id: nothing to read back, no cancel flag, no result yet.
         stored = StoredTask(job, cancel_requested=False, latest=None, callback=callback)
         return Submission(self._view(stored), replayed=False)
+
+    def _confirm_replicated(self, job_ids: Sequence[str]) -> None:
+        """Return once `REDIS_MIN_REPLICAS_ACK` replicas hold the tasks just enqueued (one, or a
+        batch's); else cancel them (best effort: the master may be gone) and refuse the
+        submission, so that a 202 always means a failover cannot lose the tasks."""
+        wanted = self.settings.redis_min_replicas_ack
+        try:
+            holding = replicas_holding(self.connection, wanted)
+        except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES) as error:  # the master died after the enqueue
+            log.warning("tasks %s: replicas could not confirm them: %s", ", ".join(job_ids), error)
+            holding = None
+        if holding is not None and holding >= wanted:
+            return
+        failed_cancels = 0
+        for job_id in job_ids:
+            try:
+                self.cancel(job_id)
+            except TrustCardError as error:  # unreachable, or a worker ended it already
+                log.warning("task %s: not confirmed by replicas, and not cancelled: %s", job_id, error.message)
+                failed_cancels += 1
+        confirmed = "no answer" if holding is None else f"{holding} of {wanted}"
+        if len(job_ids) == 1:
+            [job_id] = job_ids
+            outcome = "cancelling it failed too" if failed_cancels else "it was cancelled"
+            raise QueueNotReplicated(
+                f"Task {job_id} was written to the Redis master, but replicas did not confirm it in time "
+                f"({confirmed}), so it was not accepted and {outcome}. A failover may still bring it back "
+                f"uncancelled: GET /tasks/{job_id} after Retry-After, and submit again only when it answers 404 or "
+                "cancelled.",
+                task_id=job_id,
+            )
+        outcome = f"cancelling {failed_cancels} of them failed" if failed_cancels else "they were cancelled"
+        raise QueueNotReplicated(
+            f"The batch's {len(job_ids)} tasks were written to the Redis master, but replicas did not confirm them "
+            f"in time ({confirmed}), so none was accepted and {outcome}. A failover may still bring them back "
+            "uncancelled: GET each of task_ids after Retry-After, and submit again only those that answer 404 or "
+            "cancelled.",
+            task_ids=list(job_ids),
+        )
+
+    def _release_key(self, idempotency_key: str, job_id: str) -> None:
+        """Give the key up after a failed submission; a Redis that is down keeps the real error visible."""
+        try:
+            self._idempotency.release(idempotency_key, job_id)
+        except REDIS_DOWN_ERRORS as error:
+            log.warning("Idempotency-Key of task %s not released: %s", job_id, error)
 
     @redis_required
     def submit_batch(
@@ -186,6 +243,8 @@ class TaskService:
                 self.connection, queues, tasks, job_ids, self.settings,
                 submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
             )
+            if self.settings.redis_min_replicas_ack:
+                self._confirm_replicated(job_ids)
         except BaseException:
             if idempotency_key is not None:
                 self._batch_idempotency.release_batch(idempotency_key, job_ids)

@@ -177,3 +177,23 @@ def stage(
         callback = CallbackState(callback_url)
         pipeline.hset(job.key, CALLBACK_FIELD, callback.to_json())
     return job, callback
+
+
+REPLICA_ACK_TIMEOUT_MS = 500
+"""How long a submission waits for REDIS_MIN_REPLICAS_ACK replicas: below the web's socket
+timeout, and far above a healthy replica's acknowledgement (a millisecond or two)."""
+
+
+def replicas_holding(connection: Redis, wanted: int, timeout_ms: int = REPLICA_ACK_TIMEOUT_MS) -> int:
+    """How many replicas hold every write made on the master so far (Redis `WAIT`), waiting
+    up to `timeout_ms` for `wanted` of them.
+
+    `WAIT` counts the writes of its own connection, and a pooled client may send it on
+    another connection than the enqueue's. So it follows a write of its own on the same
+    connection (a counter incremented by 0): Redis replicates in order, so a replica that
+    has that write has the enqueue, which came before it."""
+    with connection.pipeline(transaction=False) as pipeline:
+        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, 0)
+        pipeline.wait(wanted, timeout_ms)
+        _, acknowledged = pipeline.execute()
+    return int(acknowledged)

@@ -6,7 +6,9 @@ one sentence), and waits for Redis to answer: stock `rq worker` exits at once wh
 Redis is not up yet, and a platform may start the worker before Redis.
 
 `REDIS_URL` carries the TLS settings in its query (`trustcard.connections`): `rq worker`
-builds its client from the URL alone and ignores every other TLS setting.
+builds its client from the URL alone and ignores every other TLS setting. For a
+`redis+sentinel://` URL it is None and `SENTINEL` holds the sentinels instead: RQ's CLI
+reads `SENTINEL` only when `REDIS_URL` is None.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import time
 
 from trustcard.catalogue import QUEUE_NAMES
 from trustcard.config import Settings, load_settings_or_exit
-from trustcard.connections import REDIS_DOWN_ERRORS, redis_client, worker_redis_url
+from trustcard.connections import REDIS_DOWN_ERRORS, redis_client, worker_redis_url, worker_sentinel
 from trustcard.logs import configure_logging, redacted_url
 
 _settings = load_settings_or_exit("trustcard worker")
 configure_logging(_settings)
 REDIS_URL = worker_redis_url(_settings)
+SENTINEL = worker_sentinel(_settings)
 QUEUES = list(QUEUE_NAMES)
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from trustcard.config import Settings
 from trustcard.task_submission import enqueue
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.batches import start_batch, success_batch
+from workers.supervisor.bookkeeping import REWRITE
 
 TEMPLATE_EVERY = 5_000
 """Tasks stored per recorded template."""
@@ -128,7 +129,37 @@ def record_task(connection: Redis, settings: Settings, failed: bool, worker_name
         ended = success_batch(worker, job, execution, FILL_PARAMS["x"] + FILL_PARAMS["y"], result_ttl, now())
         recorder.recorded.extend(ended.commands)
         recorder.recorded.extend(ended.best_effort)
-    return job_id, recorder.recorded
+    return job_id, _rewrites_expanded(recorder.recorded)
+
+
+def _rewrites_expanded(commands: list[Command]) -> list[Command]:
+    """The commands with each of the bookkeeping script's own `REWRITE` (a job hash written
+    anew, `CommandBatch.rewrite_hash`) turned into the DEL and HSET it makes of the hash the
+    commands before it wrote: the template's hash is never stored, so the replay cannot read it."""
+    hashes: dict[str, dict[str, Any]] = {}
+    expanded: list[Command] = []
+    for command in commands:
+        name = str(command[0]).upper()
+        if name == REWRITE:
+            key, changes = str(command[1]), command[2]
+            fields = {**hashes.get(key, {}), **changes}
+            kept = {field: value for field, value in fields.items() if value not in ("", b"")}
+            hashes[key] = kept
+            expanded.append(("DEL", key))
+            expanded.append(("HSET", key, *(part for item in kept.items() for part in item)))
+            continue
+        if name in {"HSET", "HMSET"}:
+            fields = hashes.setdefault(str(command[1]), {})
+            for field, value in zip(command[2::2], command[3::2]):
+                fields[field.decode() if isinstance(field, bytes) else str(field)] = value
+        elif name == "HDEL":
+            for field in command[2:]:
+                hashes.get(str(command[1]), {}).pop(field.decode() if isinstance(field, bytes) else str(field), None)
+        elif name == "DEL":
+            for key in command[1:]:
+                hashes.pop(str(key), None)
+        expanded.append(command)
+    return expanded
 
 
 _REPLAY = """

@@ -26,7 +26,8 @@ def run(command: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedP
 @pytest.mark.parametrize(
     ("setting", "value", "sentence"),
     [
-        ("REDIS_URL", "nonsense", "REDIS_URL must start with redis://, rediss:// or unix://, got 'nonsense'."),
+        ("REDIS_URL", "nonsense", "REDIS_URL must start with redis://, rediss://, unix://, redis+sentinel:// or "
+         "rediss+sentinel://, got 'nonsense'."),
         ("JOB_TIMEOUT", "abc", "JOB_TIMEOUT must be a whole number, got 'abc'."),
     ],
 )

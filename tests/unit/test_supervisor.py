@@ -12,8 +12,10 @@ import fakeredis
 import pytest
 from rq import Queue
 from rq.job import JobStatus
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
+
+from trustcard import failures, rq_seams
 
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.deaths import MAX_DEATHS_BEFORE_START
@@ -60,3 +62,63 @@ def test_a_job_that_keeps_killing_its_job_process_is_failed_with_the_reason(work
     assert poison.id in FailedJobRegistry(queue=queue).get_job_ids()
     latest = poison.latest_result()
     assert latest is not None and latest.exc_string.startswith("JobProcessCrashed:")
+
+
+def rolled_back_to_started(queue: Queue, worker_name: str) -> str:
+    """A job as a failover can leave it: its start replicated, its end not (it reads started)."""
+    job = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    taken_off_the_queue(queue, job.id)
+    job.worker_name = worker_name
+    job.save()
+    job.set_status(JobStatus.STARTED)
+    return job.id
+
+
+def test_a_job_whose_end_a_failover_undid_is_failed_with_the_reason(worker: JobProcessSupervisor, queue: Queue) -> None:
+    job_id = rolled_back_to_started(queue, worker.name)
+    started = StartedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
+    queue.connection.zadd(started.key, {f"{job_id}:execution-1": 2_000_000_000})
+    assert worker.recover_after_failover() == []
+    job = queue.fetch_job(job_id)
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert job.latest_result().exc_string == failures.REDIS_LOST.render()
+    assert job_id in FailedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
+
+
+def test_a_job_another_worker_runs_is_left_alone(worker: JobProcessSupervisor, queue: Queue) -> None:
+    job_id = rolled_back_to_started(queue, "another-worker")
+    started = StartedJobRegistry(queue.name, connection=queue.connection, serializer=JSONSerializer)
+    queue.connection.zadd(started.key, {f"{job_id}:execution-1": 2_000_000_000})
+    queue.connection.lrem(queue.intermediate_queue_key, 0, job_id)  # its start removed it there
+    assert worker.recover_after_failover() == []
+    assert queue.fetch_job(job_id).get_status(refresh=True) == JobStatus.STARTED
+
+
+def test_a_job_whose_start_a_failover_undid_is_put_back_on_its_queue(
+    worker: JobProcessSupervisor, queue: Queue
+) -> None:
+    job = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    taken_off_the_queue(queue, job.id)  # taken, then the failover lost its start: queued, in no queue
+    [(found, found_queue)] = worker.recover_after_failover()
+    assert found.id == job.id and found_queue is queue
+    worker.put_back_if_still_taken(found, found_queue)
+    assert queue.get_job_ids() == [job.id]
+    assert queue.connection.lrange(queue.intermediate_queue_key, 0, -1) == []
+    assert worker.recover_after_failover() == []  # on its queue: it simply runs again
+    worker.put_back_if_still_taken(found, found_queue)  # a second worker's pass: not pushed twice
+    assert queue.get_job_ids() == [job.id]
+
+
+def test_the_job_process_puts_back_what_the_failover_pass_found_taken(
+    worker: JobProcessSupervisor, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers.supervisor import job_process
+    from workers.supervisor.slot import JobSlot
+
+    monkeypatch.setattr(job_process, "TAKEN_SETTLE_SECONDS", 0)
+    job = queue.enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    taken_off_the_queue(queue, job.id)
+    process = job_process.JobProcess(worker, JobSlot(), parent_pid=0, max_jobs=1, max_memory_mb=0, burst=True,
+                                     max_idle_time=None)
+    process._recheck_after_outage()
+    assert queue.get_job_ids() == [job.id]

@@ -26,6 +26,7 @@ from trustcard.exceptions import (
     IdempotencyKeyReused,
     PayloadTooLarge,
     QueueFull,
+    QueueNotReplicated,
     QueueUnavailable,
     ValidationFailed,
 )
@@ -88,6 +89,7 @@ SUBMIT_BATCH = Operation(
             "out of range; or the Callback-URL is refused: one entry per problem, named like `tasks[3].params.x`",
         ),
         QueueUnavailable,
+        QueueNotReplicated,
         Raises(QueueFull, "A queue would hold more than MAX_QUEUE_DEPTH waiting tasks with this batch's"),
     ),
     guard=API_KEY_GUARD,

@@ -32,6 +32,7 @@ from trustcard.exceptions import (
     IdempotencyKeyReused,
     PayloadTooLarge,
     QueueFull,
+    QueueNotReplicated,
     QueueUnavailable,
     TaskAlreadyEnded,
     TaskNotFound,
@@ -138,6 +139,7 @@ def submit_operation(job_type: JobType) -> Operation:
             Raises(ValidationFailed, "A parameter is missing, unknown, of the wrong type or out of range, or "
                    "the Callback-URL is refused: one entry per bad parameter"),
             QueueUnavailable,
+            QueueNotReplicated,
             QueueFull,
         ),
         guard=API_KEY_GUARD,

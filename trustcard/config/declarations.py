@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
 from trustcard.config.api_keys import ApiClient, ApiKeyList
-from trustcard.config.kinds import Choice, Flag, Kind, Number, OptionalText, Text
+from trustcard.config.kinds import Choice, Flag, Kind, Number, OptionalText, RedisURL, Text
+from trustcard.sentinel_url import SENTINEL_SCHEMES
 
 T = TypeVar("T")
 
@@ -73,20 +74,31 @@ class Settings:
         "`production` refuses to start without `SECRET_KEY` or with `FLASK_DEBUG` on",
     )
     redis_url: str = setting(
-        Text(DEFAULT_REDIS_URL, ("redis://", "rediss://", "unix://"), "must start with redis://, rediss:// or unix://"),
+        RedisURL(
+            DEFAULT_REDIS_URL,
+            ("redis://", "rediss://", "unix://", *SENTINEL_SCHEMES),
+            "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://",
+        ),
         "queues, jobs, progress, results; `rediss://` is Redis over TLS, and the URL's own `?ssl_cert_reqs=` wins "
-        "over `REDIS_SSL_CERT_REQS`. Empty in `.env.example`: `scripts/run` then uses `EMBEDDED_REDIS_PORT`",
+        "over `REDIS_SSL_CERT_REQS`. `redis+sentinel://host:port,host:port/<service>/<db>` (`rediss+sentinel://`: "
+        "TLS to the master) follows the master through Redis Sentinel. Empty in `.env.example`: `scripts/run` then "
+        "uses `EMBEDDED_REDIS_PORT`",
         example="",
     )
     redis_ssl_cert_reqs: str = setting(
         Choice("required", SSL_CERT_REQS),
-        "with `rediss://`: `required` checks Redis' certificate, `optional` checks it when offered, `none` does not "
-        "check (Heroku Redis' certificates are self-signed: set `none` there)",
+        "with `rediss://` or `rediss+sentinel://`: `required` checks Redis' certificate, `optional` checks it when "
+        "offered, `none` does not check (Heroku Redis' certificates are self-signed: set `none` there)",
     )
     redis_ssl_ca_certs: str | None = setting(
         OptionalText(),
-        "with `rediss://`: PEM file of the CA that signed Redis' certificate (verification stays on); unset: the "
-        "system's CAs",
+        "with `rediss://` or `rediss+sentinel://`: PEM file of the CA that signed Redis' certificate (verification "
+        "stays on); unset: the system's CAs",
+    )
+    redis_min_replicas_ack: int = setting(
+        Number(0, 0, 10),
+        "a submission is answered 202 only once this many Redis replicas hold it (`WAIT`, up to 0.5 s), else 503 "
+        "`not_replicated`; so a failover loses no accepted task. `0`: answered once the master has it",
     )
     database_url: str = setting(
         Text(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from trustcard.config.errors import ConfigError
+from trustcard.sentinel_url import is_sentinel_url, parse_sentinel_url
 
 T_co = TypeVar("T_co", covariant=True)
 _TRUE = ("1", "true", "yes", "on")
@@ -64,6 +65,21 @@ class Text:
     @property
     def example(self) -> str:
         return self.default
+
+
+@dataclass(frozen=True)
+class RedisURL(Text):
+    """A Redis URL: `prefixes` as for `Text`, and a sentinel URL must also parse, so that a
+    malformed one stops start-up with one sentence rather than a traceback at first use."""
+
+    def read(self, name: str, raw: str) -> str:
+        value = super().read(name, raw)
+        if is_sentinel_url(value):
+            try:
+                parse_sentinel_url(value)
+            except ValueError as problem:
+                raise ConfigError(f"{name} {problem}.") from None
+        return value
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ IDLE_WAIT_SECONDS = 1
 """Longest blocking dequeue; a stop request unblocks it at once (`JobSlot.waiting_client`)."""
 SUSPENDED_PAUSE_SECONDS = 1.0
 REDIS_RETRY_MAX_SECONDS = 5.0
+TAKEN_SETTLE_SECONDS = 0.2
+"""After an outage, how long a job found taken and not started is given before it is put
+back: a worker that took it a moment ago starts it within milliseconds."""
 
 _CANCEL_FIELD = CANCEL_FIELD.encode()
 
@@ -370,10 +373,26 @@ class JobProcess:
             try:
                 self.host.connection.ping()
                 log.info("job process: Redis answers again; carrying on")
+                self._recheck_after_outage()
                 return
             except REDIS_DOWN:
                 time.sleep(pause)
                 pause = min(pause * 2, REDIS_RETRY_MAX_SECONDS)
+
+    def _recheck_after_outage(self) -> None:
+        """What a failover may have undone of this worker's records, put right (the host's
+        `recover_after_failover`): a job whose end it undid is failed with the reason instead
+        of reading `started` for ever, one whose start it undid is put back on its queue
+        instead of staying in the queue's intermediate list. Redis going away again ends the
+        pass; the next outage's pass looks again."""
+        try:
+            taken = self.host.recover_after_failover()
+            if taken:
+                time.sleep(TAKEN_SETTLE_SECONDS)
+                for job, queue in taken:
+                    self.host.put_back_if_still_taken(job, queue)
+        except REDIS_DOWN as error:
+            log.error("job process: Redis went away again while looking for undone records (%s)", error)
 
 
 def _log_success(job: Job) -> None:

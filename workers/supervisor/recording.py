@@ -28,7 +28,7 @@ from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_WORKER_TTL
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import Worker
@@ -108,6 +108,50 @@ class RecordingWorker(Worker):
         if status != JobStatus.STARTED:
             return
         self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
+
+    def recover_after_failover(self) -> list[tuple[Job, Queue]]:
+        """After a Redis outage: what a failover may have undone of this worker's records (the
+        replica promoted had not received the last of them). A job that reads `started` under
+        this worker's name again, while this worker runs something else, would stay so: it
+        is failed with the reason (its retry policy may requeue it), as a job whose end was
+        lost is. Jobs in a queue's intermediate list that read `queued` were taken and never
+        started (by any worker, a moment ago or before the failover): returned, for
+        `put_back_if_still_taken` to put back once the workers that are just starting them
+        had their moment. A job rolled back further, to its queue, simply runs again. Called
+        by the job process, between jobs; reads only the started registries and intermediate
+        lists, which hold the few jobs running now."""
+        taken: list[tuple[Job, Queue]] = []
+        for queue in self.queues:
+            started = StartedJobRegistry(queue.name, connection=self.connection, serializer=self.serializer)
+            for job_id, _ in started.get_job_and_execution_ids(cleanup=False):
+                job = self._read(job_id)
+                if job is not None and job.get_status(refresh=False) == JobStatus.STARTED \
+                        and job.worker_name == self.name:
+                    self.log.warning("task %s: its end was lost in a Redis failover (it reads started again)", job.id)
+                    self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
+            intermediate = IntermediateQueue.get_intermediate_queue_key(queue.key)
+            for raw_id in self.connection.lrange(intermediate, 0, -1):
+                job = self._read(raw_id.decode())
+                if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.CREATED):
+                    taken.append((job, queue))
+        return taken
+
+    def put_back_if_still_taken(self, job: Job, queue: Queue) -> None:
+        """Back at the front of its queue, a job `recover_after_failover` found taken and not
+        started, if it still is so; of several workers doing this, the one whose LREM takes it."""
+        if job.get_status(refresh=True) not in (JobStatus.QUEUED, JobStatus.CREATED):
+            return  # a worker started it meanwhile
+        if not self.connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 1, job.id):
+            return
+        if self.connection.lpos(queue.key, job.id) is None:
+            self.connection.lpush(queue.key, job.id)
+        self.log.warning("task %s: its start was lost in a Redis outage; put back on queue %s", job.id, queue.name)
+
+    def _read(self, job_id: str) -> Job | None:
+        try:
+            return self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except (NoSuchJobError, InvalidJobOperation, DeserializationError):
+            return None
 
     def hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
