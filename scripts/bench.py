@@ -8,6 +8,8 @@ app for Celery's (scripts/bench_celery_app.py). Then, round by round, each syste
 turn (the order rotates so machine drift hits all of them):
 
 - enqueue rate: N sequential submissions, bare library and through HTTP, no worker up;
+  and through HTTP from `HTTP_CLIENTS` client threads at once, each on its own keep-alive
+  connection from its own loopback address (its own rate-limit bucket, as real clients have);
 - drain rate: N `add` jobs put on the queue at once (one transaction), two worker
   processes (Celery: prefork `-c 2`), timed until the last result is stored;
 - round trip: M sequential jobs, submit then wait until the result is available,
@@ -61,6 +63,7 @@ except ImportError as missing:
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
 
+from tests.support.http_connection import KeepAliveConnection  # noqa: E402
 from tests.support.paths import BIN  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
@@ -88,6 +91,9 @@ STOCK_WORKER_CLASSES = {"rq-fork": None, "rq-simple": "rq.SimpleWorker"}
 """Stock RQ, started as the Procfile's worker line with `--worker-class` swapped."""
 ALL_SYSTEMS = ["rq-fork", "rq-simple", "fast", "celery"]
 REFERENCE = "celery"
+HTTP_CLIENTS = 8
+"""Client threads of the concurrent HTTP enqueue (issue 13: at least half RQ's library rate)."""
+THREADED_LABEL = f"RQ, HTTP API (Procfile web), {HTTP_CLIENTS} client threads"
 
 
 # --- processes ------------------------------------------------------------------------
@@ -267,19 +273,25 @@ class Bench:
         self.celery_broker.delete(QUEUE, *self.celery_broker.keys("bench-hold-*"))
 
     def measure_enqueue(self, rotate: int) -> None:
-        paths: list[tuple[str, Callable[[int], None]]] = [
+        sequential: list[tuple[str, Callable[[int], None]]] = [
             ("RQ, library", self._enqueue_rq_library),
             ("RQ, HTTP API (Procfile web)", lambda i: self._enqueue_http(self.web_port, i)),
             ("Celery, library", self._enqueue_celery_library),
             ("Celery, HTTP (bench app, same gunicorn)", lambda i: self._enqueue_http(self.celery_web_port, i)),
         ]
+        paths: list[tuple[str, Callable[[int], None]]] = [
+            (label, lambda count, submit=submit: [submit(index) for index in range(count)])  # type: ignore[misc]
+            for label, submit in sequential
+        ]
+        paths.insert(2, (THREADED_LABEL, lambda count: self._enqueue_http_threads(self.web_port, count)))
+        paths.append((f"Celery, HTTP (bench app, same gunicorn), {HTTP_CLIENTS} client threads",
+                      lambda count: self._enqueue_http_threads(self.celery_web_port, count)))
         shift = rotate % len(paths)
-        for label, submit in paths[shift:] + paths[:shift]:
+        for label, run in paths[shift:] + paths[:shift]:
             self.flush()
             count = self.args.jobs
             began = time.perf_counter()
-            for index in range(count):
-                submit(index)
+            run(count)
             self.enqueue.setdefault(label, []).append(count / (time.perf_counter() - began))
         self.flush()
 
@@ -293,6 +305,33 @@ class Bench:
         status, body = _http(port, "POST", f"/tasks/test/add?x={index}&y=1")
         if status != 202:
             raise RuntimeError(f"submission answered {status}: {body}")
+
+    def _enqueue_http_threads(self, port: int, count: int) -> None:
+        """`count` submissions from `HTTP_CLIENTS` threads at once, each on a keep-alive
+        connection of its own from its own address, all started together."""
+        start_line = threading.Barrier(HTTP_CLIENTS)
+        failures: list[str] = []
+
+        def client(number: int) -> None:
+            connection = KeepAliveConnection("127.0.0.1", port, source_address=f"127.0.0.{number + 2}")
+            try:
+                connection.request("GET", "/tasks/nothing-here")  # connected before the clock runs
+                start_line.wait()
+                for index in range(number, count, HTTP_CLIENTS):
+                    status, body = connection.request("POST", f"/tasks/test/add?x={index}&y=1")
+                    if status != 202:
+                        failures.append(f"submission answered {status}: {body[:200]!r}")
+                        return
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=client, args=(number,)) for number in range(HTTP_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise RuntimeError(failures[0])
 
     def measure_system(self, name: str) -> None:
         result = self.results[name]
@@ -509,6 +548,11 @@ class Bench:
                                                                                  "HTTP (bench app, same gunicorn)"))
             lines.append(f"| {label} | {statistics.median(rates):,.0f} | "
                          f"{_ratio(statistics.median(rates), peer and statistics.median(peer))} |")
+        threaded, library = self.enqueue.get(THREADED_LABEL), self.enqueue.get("RQ, library")
+        if threaded and library:
+            lines += ["", f"HTTP submissions from {HTTP_CLIENTS} client threads: "
+                      f"{_ratio(statistics.median(threaded), statistics.median(library))} of RQ's library enqueue rate "
+                      "(target: at least 0.50)."]
         lines += ["", "Drain per round (jobs/s): " + "; ".join(
             f"{name} {', '.join(f'{value:.0f}' for value in result.drain)}" for name, result in self.results.items()
         )]

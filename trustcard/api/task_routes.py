@@ -163,6 +163,7 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
         submitted_by=client_identity(),
         request_id=request_id(),
         callback_url=request.headers.get(CALLBACK_HEADER),
+        queue_depth=g.get("queue_depth"),  # read with the rate limit (trustcard.api.ratelimit)
     )
     task = submission.task
     body = {**task.to_dict(), "status": "submitted"}
