@@ -109,6 +109,7 @@ class TaskService:
         request_id: str | None = None,
         callback_url: str | None = None,
         queue_depth: int | None = None,
+        job_id: str | None = None,
     ) -> Submission:
         """Validate and enqueue; the view is the task as stored in Redis.
 
@@ -119,6 +120,8 @@ class TaskService:
         (`trustcard.callback_urls`) before anything is queued; the task's end then POSTs its
         final view there. `queue_depth` is the queue's depth when the caller has read it
         already (the rate limit's script does, in its own call); else it is read here.
+        `job_id` is the new task's id when the caller chose it (a fresh UUID: it waits on
+        that id before the task exists); else one is made.
         """
         job_type = BY_NAME.get(job_name)
         if job_type is None or job_type.internal:
@@ -131,7 +134,7 @@ class TaskService:
             queue_depth if queue_depth is not None else queue.count
         ) >= self.settings.max_queue_depth:
             raise QueueFull(f"The {job_type.queue} queue is full ({self.settings.max_queue_depth} waiting tasks).")
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         if idempotency_key is not None:
             ttl = job_type.result_ttl or self.settings.result_ttl
             earlier = self._idempotency.claim(idempotency_key, job_id, job_type, params, ttl, callback_url)

@@ -42,6 +42,8 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
         peak_rss, peak_pss = (float(cell.replace(",", "")) for cell in line.strip("| ").split(" | ")[-2:])
         assert 0 < peak_pss <= peak_rss, line  # both memory figures were sampled
     assert "| RQ, HTTP API (Procfile web) |" in table
+    assert "| RQ, HTTP API (Procfile web), 8 client threads |" in table
+    assert "HTTP submissions from 8 client threads: " in table
     assert "| Celery, library |" in table
     for pushed in (f"{OURS}: HTTP `?wait=25`",
                    f"{OURS}: HTTP event stream",
