@@ -345,9 +345,8 @@ class Bench:
             self.enqueue.setdefault(label, []).append(count / (time.perf_counter() - began))
             cpu_after = (time.process_time(), cpu_seconds(web_pids), cpu_seconds([redis_pid] if redis_pid else []))
             if label.startswith("RQ,"):
-                self.enqueue_cpu.setdefault(label, []).append(
-                    tuple((after - before) / count for before, after in zip(cpu_before, cpu_after))  # type: ignore[arg-type]
-                )
+                client, web, redis = ((after - before) / count for before, after in zip(cpu_before, cpu_after))
+                self.enqueue_cpu.setdefault(label, []).append((client, web, redis))
         self.flush()
 
     def _enqueue_rq_library(self, index: int) -> None:

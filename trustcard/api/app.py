@@ -22,7 +22,10 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     """
     from trustcard import rq_speedups
     from trustcard.analyses.service import AnalysisService
-    from trustcard.api import analysis_routes, auth, dashboard, errors, event_hub, health, metrics, openapi, request_body, sessions, task_routes
+    from trustcard.api import (
+        analysis_routes, auth, dashboard, errors, event_hub, health, metrics, openapi, request_body, sessions,
+        task_routes,
+    )
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
