@@ -8,6 +8,8 @@ app for Celery's (scripts/bench_celery_app.py). Then, round by round, each syste
 turn (the order rotates so machine drift hits all of them):
 
 - enqueue rate: N sequential submissions, bare library and through HTTP, no worker up;
+  and through HTTP from `HTTP_CLIENTS` client threads at once, each on its own keep-alive
+  connection from its own loopback address (its own rate-limit bucket, as real clients have);
 - drain rate: N `add` jobs put on the queue at once (one transaction), two worker
   processes (Celery: prefork `-c 2`), timed until the last result is stored;
 - round trip: M sequential jobs, submit then wait until the result is available,
@@ -18,6 +20,10 @@ turn (the order rotates so machine drift hits all of them):
   growth of `MEMORY USAGE` over every key of the system's databases, per task;
 - peak memory: the sum of VmHWM (peak RSS) over the worker processes and their children,
   and the highest sum of their PSS (shared pages split between the processes), sampled.
+
+With `--gthread`, a second web process runs the Procfile's web line on gunicorn's gthread
+worker (`trustcard.gunicorn_worker.JSONErrorWorker`) instead of gevent, and our HTTP figures
+(enqueue, polling, `?wait`, `Prefer: wait`) are measured against both, in the same run.
 
 Systems: `fast` (the Procfile's worker line as it is: our worker, its class read from
 the line), `rq-fork` (stock `rq worker`, a fork per job) and `rq-simple` (`SimpleWorker`),
@@ -64,6 +70,7 @@ except ImportError as missing:
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts/ is on the path)
 
+from tests.support.http_connection import KeepAliveConnection  # noqa: E402
 from tests.support.paths import BIN  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.processes import ProcessGroup  # noqa: E402
@@ -97,6 +104,12 @@ BATCH_SIZE = 1_000
 """Tasks per POST /tasks/batch (its most)."""
 BATCHED_LABEL = "RQ, HTTP API batched (POST /tasks/batch, 1,000 a request)"
 """Celery has no batch endpoint: its ratio is to Celery's HTTP path, one task a request."""
+HTTP_CLIENTS = 8
+"""Client threads of the concurrent HTTP enqueue (issue 13: at least half RQ's library rate)."""
+THREADED_LABEL = f"RQ, HTTP API (Procfile web), {HTTP_CLIENTS} client threads"
+GTHREAD_WORKER = "trustcard.gunicorn_worker.JSONErrorWorker"
+"""`--gthread`: the Procfile's web line with gunicorn's gthread worker instead of gevent."""
+GTHREAD_LABEL = "RQ, HTTP API (Procfile web on gthread)"
 
 
 # --- processes ------------------------------------------------------------------------
@@ -171,6 +184,24 @@ def _proc_kb(pid: int, file: str, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes and their live descendants."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+    return total
+
+
 # --- the systems ----------------------------------------------------------------------------
 
 
@@ -185,6 +216,10 @@ class Results:
     """HTTP submit, then `GET /tasks/<id>/events` until its `end` event (our API only)."""
     prefer_latency: list[float] = field(default_factory=list)
     """One HTTP round trip: submit with `Prefer: wait=25`, answered with the result (our API only)."""
+    gthread_http_latency: list[float] = field(default_factory=list)
+    gthread_wait_latency: list[float] = field(default_factory=list)
+    gthread_prefer_latency: list[float] = field(default_factory=list)
+    """`--gthread`: the same three paths against the web on gthread."""
     peak_kb: list[int] = field(default_factory=list)
     peak_pss_kb: list[int] = field(default_factory=list)
     bytes_per_task: list[float] = field(default_factory=list)
@@ -204,6 +239,9 @@ class Bench:
         self.started: list[ProcessGroup] = []
         self.results: dict[str, Results] = {name: Results() for name in args.systems}
         self.enqueue: dict[str, list[float]] = {}
+        self.enqueue_cpu: dict[str, list[tuple[float, float, float]]] = {}
+        """CPU seconds per submission, by path: (client, web processes, redis-server), summed
+        over the rounds. CPU time, not wall time: what a request costs whatever the load."""
 
     # setup
 
@@ -215,11 +253,18 @@ class Bench:
         self.celery_broker = Redis.from_url(f"{self.redis_url}/{CELERY_BROKER_DB}")
         self.web_port = free_port()
         self.started.append(start("web", procfile_command("web"), self._env(self.web_port), self.logs))
+        self.web_pids = {self.web_port: self.started[-1].process.pid}
+        self.gthread_port = free_port() if self.args.gthread else None
+        if self.gthread_port is not None:
+            gthread_web = [*procfile_command("web"), "--worker-class", GTHREAD_WORKER]
+            self.started.append(start("web-gthread", gthread_web, self._env(self.gthread_port), self.logs))
+            self.web_pids[self.gthread_port] = self.started[-1].process.pid
         self.celery_web_port = free_port()
         celery_web = [venv_bin("gunicorn"), "--config", "gunicorn.conf.py", "--pythonpath", str(SCRIPTS),
                       "bench_celery_app:web"]
         self.started.append(start("celery-web", celery_web, self._env(self.celery_web_port), self.logs))
-        for port in (self.web_port, self.celery_web_port):
+        self.web_pids[self.celery_web_port] = self.started[-1].process.pid
+        for port in (self.web_port, self.celery_web_port, *([self.gthread_port] if self.gthread_port else [])):
             wait_until(lambda port=port: _http(port, "GET", "/tasks/nothing-here")[0] in (200, 404), START_TIMEOUT,
                        f"gunicorn on port {port}", ignore=(OSError,))
         os.environ.update(self._celery_env())
@@ -278,30 +323,43 @@ class Bench:
         self.celery_broker.delete(QUEUE, *self.celery_broker.keys("bench-hold-*"))
 
     def measure_enqueue(self, rotate: int) -> None:
-        paths: list[tuple[str, Callable[[int], None]]] = [
-            ("RQ, library", self._one_by_one(self._enqueue_rq_library)),
-            ("RQ, HTTP API (Procfile web)", self._one_by_one(lambda i: self._enqueue_http(self.web_port, i))),
-            (BATCHED_LABEL, self._enqueue_http_batched),
-            ("Celery, library", self._one_by_one(self._enqueue_celery_library)),
-            ("Celery, HTTP (bench app, same gunicorn)",
-             self._one_by_one(lambda i: self._enqueue_http(self.celery_web_port, i))),
+        sequential: list[tuple[str, Callable[[int], None]]] = [
+            ("RQ, library", self._enqueue_rq_library),
+            ("RQ, HTTP API (Procfile web)", lambda i: self._enqueue_http(self.web_port, i)),
+            ("Celery, library", self._enqueue_celery_library),
+            ("Celery, HTTP (bench app, same gunicorn)", lambda i: self._enqueue_http(self.celery_web_port, i)),
         ]
+        paths: list[tuple[str, Callable[[int], None]]] = [
+            (label, lambda count, submit=submit: [submit(index) for index in range(count)])  # type: ignore[misc]
+            for label, submit in sequential
+        ]
+        paths.insert(2, (THREADED_LABEL, lambda count: self._enqueue_http_threads(self.web_port, count)))
+        paths.insert(3, (BATCHED_LABEL, self._enqueue_http_batched))
+        web_of = {THREADED_LABEL: self.web_port, "RQ, HTTP API (Procfile web)": self.web_port}
+        paths.append((f"Celery, HTTP (bench app, same gunicorn), {HTTP_CLIENTS} client threads",
+                      lambda count: self._enqueue_http_threads(self.celery_web_port, count)))
+        gthread = self.gthread_port
+        if gthread is not None:
+            paths.append((GTHREAD_LABEL, lambda count: [self._enqueue_http(gthread, i) for i in range(count)]))
+            paths.append((f"{GTHREAD_LABEL}, {HTTP_CLIENTS} client threads",
+                          lambda count: self._enqueue_http_threads(gthread, count)))
+        if self.gthread_port is not None:
+            web_of.update({label: self.gthread_port for label, _ in paths[-2:]})
+        redis_pid = self.redis_server.process.pid if self.redis_server.process else None
         shift = rotate % len(paths)
-        for label, submit_all in paths[shift:] + paths[:shift]:
+        for label, run in paths[shift:] + paths[:shift]:
             self.flush()  # also empties the rate limit's buckets: each path starts with a full one
             count = self.args.jobs
+            web_pids = [self.web_pids[web_of[label]]] if label in web_of else []
+            cpu_before = (time.process_time(), cpu_seconds(web_pids), cpu_seconds([redis_pid] if redis_pid else []))
             began = time.perf_counter()
-            submit_all(count)
+            run(count)
             self.enqueue.setdefault(label, []).append(count / (time.perf_counter() - began))
+            cpu_after = (time.process_time(), cpu_seconds(web_pids), cpu_seconds([redis_pid] if redis_pid else []))
+            if label.startswith("RQ,"):
+                client, web, redis = ((after - before) / count for before, after in zip(cpu_before, cpu_after))
+                self.enqueue_cpu.setdefault(label, []).append((client, web, redis))
         self.flush()
-
-    @staticmethod
-    def _one_by_one(submit: Callable[[int], None]) -> Callable[[int], None]:
-        def submit_all(count: int) -> None:
-            for index in range(count):
-                submit(index)
-
-        return submit_all
 
     def _enqueue_http_batched(self, count: int) -> None:
         """`count` adds through POST /tasks/batch, 1,000 a request, on one keep-alive
@@ -335,6 +393,33 @@ class Bench:
         if status != 202:
             raise RuntimeError(f"submission answered {status}: {body}")
 
+    def _enqueue_http_threads(self, port: int, count: int) -> None:
+        """`count` submissions from `HTTP_CLIENTS` threads at once, each on a keep-alive
+        connection of its own from its own address, all started together."""
+        start_line = threading.Barrier(HTTP_CLIENTS)
+        failures: list[str] = []
+
+        def client(number: int) -> None:
+            connection = KeepAliveConnection("127.0.0.1", port, source_address=f"127.0.0.{number + 2}")
+            try:
+                connection.request("GET", "/tasks/nothing-here")  # connected before the clock runs
+                start_line.wait()
+                for index in range(number, count, HTTP_CLIENTS):
+                    status, body = connection.request("POST", f"/tasks/test/add?x={index}&y=1")
+                    if status != 202:
+                        failures.append(f"submission answered {status}: {body[:200]!r}")
+                        return
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=client, args=(number,)) for number in range(HTTP_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise RuntimeError(failures[0])
+
     def measure_system(self, name: str) -> None:
         result = self.results[name]
         lib_before, http_before = len(result.lib_latency), len(result.http_latency)
@@ -350,6 +435,11 @@ class Bench:
                     result.wait_latency.extend(self._latency_pushed(name, self._await_by_wait))
                     result.stream_latency.extend(self._latency_pushed(name, self._await_by_stream))
                     result.prefer_latency.extend(self._latency_one_trip(name))
+                    if self.gthread_port is not None:
+                        port = self.gthread_port
+                        result.gthread_http_latency.extend(self._latency_http(name, port))
+                        result.gthread_wait_latency.extend(self._latency_pushed(name, self._await_by_wait, port))
+                        result.gthread_prefer_latency.extend(self._latency_one_trip(name, port))
                 result.bytes_per_task.append(self._bytes_per_task(name))
             result.peak_kb.append(memory.peak_kb)
             result.peak_pss_kb.append(memory.peak_pss_kb)
@@ -464,8 +554,8 @@ class Bench:
                 raise RuntimeError(f"{name}: add({index}, 2) gave {value!r}")
         return times
 
-    def _latency_http(self, name: str) -> list[float]:
-        port = self.celery_web_port if name == "celery" else self.web_port
+    def _latency_http(self, name: str, port: int | None = None) -> list[float]:
+        port = port or (self.celery_web_port if name == "celery" else self.web_port)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         times = []
         try:
@@ -490,14 +580,16 @@ class Bench:
             connection.close()
         return times
 
-    def _latency_pushed(self, name: str, await_end: Callable[[http.client.HTTPConnection, str], Any]) -> list[float]:
+    def _latency_pushed(self, name: str, await_end: Callable[[http.client.HTTPConnection, str], Any],
+                        port: int | None = None) -> list[float]:
         """Submit over HTTP, then learn of the end as the API pushes it (no polling)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=30)
+        port = port or self.web_port
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         times = []
         try:
             for index in range(self.args.samples):
                 began = time.perf_counter()
-                status, body = _http(self.web_port, "POST", f"/tasks/test/add?x={index}&y=4", connection)
+                status, body = _http(port, "POST", f"/tasks/test/add?x={index}&y=4", connection)
                 if status != 202:
                     raise RuntimeError(f"{name}: submission answered {status}: {body}")
                 value = await_end(connection, body["task_id"])
@@ -508,8 +600,8 @@ class Bench:
             connection.close()
         return times
 
-    def _latency_one_trip(self, name: str) -> list[float]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=30)
+    def _latency_one_trip(self, name: str, port: int | None = None) -> list[float]:
+        connection = http.client.HTTPConnection("127.0.0.1", port or self.web_port, timeout=30)
         times = []
         try:
             for index in range(self.args.samples):
@@ -525,7 +617,7 @@ class Bench:
         return times
 
     def _await_by_wait(self, connection: http.client.HTTPConnection, task_id: str) -> Any:
-        status, body = _http(self.web_port, "GET", f"/tasks/{task_id}?wait=25", connection)
+        status, body = _http(connection.port, "GET", f"/tasks/{task_id}?wait=25", connection)
         if status != 200 or body.get("status") != "completed":
             raise RuntimeError(f"task {task_id} after ?wait: {status} {body}")
         return body.get("result")
@@ -593,6 +685,17 @@ class Bench:
             peer = self.enqueue.get(peer_label)
             lines.append(f"| {label} | {statistics.median(rates):,.0f} | "
                          f"{_ratio(statistics.median(rates), peer and statistics.median(peer))} |")
+        lines += ["", "| enqueue path | CPU per submission, us: client / web processes / redis-server / all |",
+                  "| --- | --- |"]
+        for label, samples in self.enqueue_cpu.items():
+            client, web, redis = (statistics.median(values) * 1e6 for values in zip(*samples))
+            web_text = f"{web:,.0f}" if web else "-"
+            lines.append(f"| {label} | {client:,.0f} / {web_text} / {redis:,.0f} / {client + web + redis:,.0f} |")
+        threaded, library = self.enqueue.get(THREADED_LABEL), self.enqueue.get("RQ, library")
+        if threaded and library:
+            lines += ["", f"HTTP submissions from {HTTP_CLIENTS} client threads: "
+                      f"{_ratio(statistics.median(threaded), statistics.median(library))} of RQ's library enqueue rate "
+                      "(target: at least 0.50)."]
         lines += ["", "Drain per round (jobs/s): " + "; ".join(
             f"{name} {', '.join(f'{value:.0f}' for value in result.drain)}" for name, result in self.results.items()
         )]
@@ -621,6 +724,14 @@ def _pushed_rows(results: dict[str, Results], reference: Results | None) -> list
             rows.append(row(f"{_LABELS[name]}: HTTP event stream", result.stream_latency))
             rows.append(row(f"{_LABELS[name]}: HTTP submit with `Prefer: wait=25` (one round trip)",
                             result.prefer_latency))
+        if result.gthread_wait_latency:
+            rows.append(row(f"{_LABELS[name]}: HTTP polling every {POLL_SECONDS * 1000:g} ms (gevent web)",
+                            result.http_latency))
+            rows.append(row(f"{_LABELS[name]}: HTTP polling every {POLL_SECONDS * 1000:g} ms, web on gthread",
+                            result.gthread_http_latency))
+            rows.append(row(f"{_LABELS[name]}: HTTP `?wait=25`, web on gthread", result.gthread_wait_latency))
+            rows.append(row(f"{_LABELS[name]}: HTTP submit with `Prefer: wait=25`, web on gthread",
+                            result.gthread_prefer_latency))
     if reference is not None:
         rows.append(row("Celery: `AsyncResult.get()` (library)", celery_get))
         rows.append(row(f"Celery: HTTP polling every {POLL_SECONDS * 1000:g} ms", celery_poll))
@@ -694,6 +805,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bytes-tasks", type=int, default=300,
                         help="tasks submitted through HTTP to measure Redis bytes per finished task (default 300)")
     parser.add_argument("--celery-loglevel", default="INFO", help="Celery worker -l (default INFO)")
+    parser.add_argument("--gthread", action="store_true",
+                        help="also measure our HTTP paths against the web on gunicorn's gthread worker")
     parser.add_argument("--tiny", action="store_true", help="a few jobs per system: shows it works, in seconds")
     parser.add_argument("--keep", metavar="DIR", help="keep logs and data in DIR instead of a temporary folder")
     parser.add_argument("--verbose", action="store_true")

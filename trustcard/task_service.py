@@ -55,7 +55,7 @@ from trustcard.task_submission import (
 )
 from trustcard.task_view import StoredTask, TaskView, build_view, job_meta, pending_view
 
-__all__ = ["TASK_ID_PATTERN", "Submission", "TaskService", "TaskView", "redis_required"]
+__all__ = ["TASK_ID_PATTERN", "Submission", "TaskService", "TaskView", "queue_key", "redis_required"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ R = TypeVar("R")
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CANCEL_SETTLE_SECONDS = 2.0
 """How long DELETE waits for a running job's worker to confirm the stop."""
+
+
+def queue_key(queue_name: str) -> str:
+    """The Redis list that holds a queue's waiting job ids (its length is the queue's depth)."""
+    return Queue.redis_queue_namespace_prefix + queue_name
 
 
 def redis_required(method: Callable[P, R]) -> Callable[P, R]:
@@ -114,6 +119,8 @@ class TaskService:
         submitted_by: str | None = None,
         request_id: str | None = None,
         callback_url: str | None = None,
+        queue_depth: int | None = None,
+        job_id: str | None = None,
     ) -> Submission:
         """Validate and enqueue; the view is the task as stored in Redis.
 
@@ -122,7 +129,10 @@ class TaskService:
         `submitted_by` and `request_id` are kept on the job, so that the worker's log lines
         name the same request as the router's and the web's. A `callback_url` is checked
         (`trustcard.callback_urls`) before anything is queued; the task's end then POSTs its
-        final view there.
+        final view there. `queue_depth` is the queue's depth when the caller has read it
+        already (the rate limit's script does, in its own call); else it is read here.
+        `job_id` is the new task's id when the caller chose it (a fresh UUID: it waits on
+        that id before the task exists); else one is made.
         """
         job_type = BY_NAME.get(job_name)
         if job_type is None or job_type.internal:
@@ -131,9 +141,11 @@ class TaskService:
         if callback_url is not None:
             check_callback(callback_url, self.settings)
         queue = self._queue(job_type.queue)
-        if self.settings.max_queue_depth and queue.count >= self.settings.max_queue_depth:
+        if self.settings.max_queue_depth and (
+            queue_depth if queue_depth is not None else queue.count
+        ) >= self.settings.max_queue_depth:
             raise QueueFull(f"The {job_type.queue} queue is full ({self.settings.max_queue_depth} waiting tasks).")
-        job_id = str(uuid.uuid4())
+        job_id = job_id or str(uuid.uuid4())
         if idempotency_key is not None:
             ttl = job_type.result_ttl or self.settings.result_ttl
             earlier = self._idempotency.claim(idempotency_key, job_id, job_type, params, ttl, callback_url)

@@ -12,7 +12,7 @@ Pure: no Redis calls here. The task service reads the job (`StoredTask`) and cal
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -102,7 +102,13 @@ class TaskView:
     ended_at: Annotated[str | None, Field(description="When it ended, ISO 8601 in UTC, or null.")]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The answer's JSON object. Shallow: its values go straight to the JSON encoder, so
+        `dataclasses.asdict`'s deep copy of each (a tenth of a status read's CPU) buys nothing."""
+        return {name: getattr(self, name) for name in TASK_FIELDS}
+
+
+TASK_FIELDS = tuple(field.name for field in fields(TaskView))
+"""The view's fields, in the answer's order."""
 
 
 @dataclass(frozen=True)

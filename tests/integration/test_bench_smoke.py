@@ -47,6 +47,8 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     for row in ROWS:  # every system's Redis bytes per finished task was measured
         line = next(line for line in stored.splitlines() if line.startswith(f"| {row} |"))
         assert float(line.split(" | ")[1].replace(",", "")) > 0, line
+    assert "| RQ, HTTP API (Procfile web), 8 client threads |" in table
+    assert "HTTP submissions from 8 client threads: " in table
     assert "| Celery, library |" in table
     for pushed in (f"{OURS}: HTTP `?wait=25`",
                    f"{OURS}: HTTP event stream",

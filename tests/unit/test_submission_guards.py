@@ -72,6 +72,21 @@ def test_full_queue_answers_503(tmp_path: Path, fake_redis: fakeredis.FakeRedis)
     assert fake_redis.llen("rq:queue:analysis") == 2
 
 
+def test_full_queue_answers_503_with_rate_limit_per_minute_0(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
+    """With the limit off there is no rate-limit script to read the depth: the service reads it."""
+    client = make_app(tmp_path, fake_redis, MAX_QUEUE_DEPTH="2", RATE_LIMIT_PER_MINUTE="0").test_client()
+    answers = [client.post("/tasks/test/add?x=1&y=2").status_code for _ in range(3)]
+    assert answers == [202, 202, 503]
+    assert fake_redis.llen("rq:queue:analysis") == 2
+
+
+def test_full_queue_answers_503_for_each_queue_on_its_own(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
+    """MAX_QUEUE_DEPTH counts the queue the submission goes to, not another one."""
+    client = make_app(tmp_path, fake_redis, MAX_QUEUE_DEPTH="2").test_client()
+    fake_redis.rpush("rq:queue:models", "a", "b", "c")  # another queue, over the depth
+    assert client.post("/tasks/test/add?x=1&y=2").status_code == 202
+
+
 def test_production_refuses_debug_mode() -> None:
     with pytest.raises(ConfigError, match="^FLASK_DEBUG"):
         load_settings({"APP_ENV": "production", "SECRET_KEY": "s", "FLASK_DEBUG": "1"})

@@ -323,3 +323,75 @@ def test_every_event_of_a_stream_fits_the_documented_event_schema(
     for event in events:
         jsonschema.validate(event, event_schema)
         json.loads(event["data"])
+
+
+# --- Prefer: wait on a submission -----------------------------------------------------------
+
+
+def finish_when_queued(fake_redis: fakeredis.FakeRedis, result: Any = 3) -> threading.Thread:
+    """A thread that ends the first task to appear on the queue, as a worker would."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            queued = fake_redis.lrange("rq:queue:analysis", 0, 0)
+            if queued:
+                time.sleep(0.1)  # the submission is waiting by now
+                finish(fake_redis, queued[0].decode(), result)
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_a_submission_with_prefer_wait_answers_200_when_the_task_ends(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    worker = finish_when_queued(fake_redis)
+    response = client.post("/tasks/test/add?x=1&y=2", headers={"Prefer": "wait=10"})
+    worker.join()
+    body = response.get_json()
+    assert response.status_code == 200 and body["status"] == "completed" and body["result"] == 3
+    assert response.headers["Preference-Applied"] == "wait=10"
+    assert response.headers["Location"] == f"/tasks/{body['task_id']}"
+
+
+def test_a_submission_with_prefer_wait_reads_its_task_only_once_it_ended(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiter registers before the enqueue, so the task just enqueued is not read back
+    before the wait: the only read is the one the end's message asks for."""
+    from trustcard.task_service import TaskService
+
+    reads: list[str] = []
+    get = TaskService.get
+
+    def counted_get(self: TaskService, task_id: str) -> Any:
+        reads.append(task_id)
+        return get(self, task_id)
+
+    monkeypatch.setattr(TaskService, "get", counted_get)
+    worker = finish_when_queued(fake_redis)
+    response = client.post("/tasks/test/add?x=1&y=2", headers={"Prefer": "wait=10"})
+    worker.join()
+    assert response.status_code == 200
+    assert reads == [response.get_json()["task_id"]]
+
+
+def test_a_submission_with_prefer_wait_answers_202_at_its_deadline(client: FlaskClient) -> None:
+    started = time.monotonic()
+    response = client.post("/tasks/test/add?x=1&y=2", headers={"Prefer": "wait=0.5"})
+    assert 0.5 <= time.monotonic() - started < 1.5
+    assert response.status_code == 202 and response.get_json()["status"] == "submitted"
+
+
+def test_a_replayed_submission_with_prefer_wait_follows_the_earlier_task(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
+    first = client.post("/tasks/test/add?x=1&y=2", headers={"Idempotency-Key": "k-1"}).get_json()["task_id"]
+    finish(fake_redis, first)
+    again = client.post("/tasks/test/add?x=1&y=2", headers={"Idempotency-Key": "k-1", "Prefer": "wait=5"})
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["task_id"] == first and again.get_json()["result"] == 3

@@ -22,7 +22,10 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
     """
     from trustcard import rq_seams
     from trustcard.analyses.service import AnalysisService
-    from trustcard.api import analysis_routes, auth, batch_routes, dashboard, errors, event_hub, health, metrics, openapi, request_body, task_routes
+    from trustcard.api import (
+        analysis_routes, auth, batch_routes, dashboard, errors, event_hub, health, metrics, openapi, request_body, sessions,
+        task_routes,
+    )
     from trustcard.api.ratelimit import RateLimiter
     from trustcard.connections import web_redis
     from trustcard.database import make_engine
@@ -37,6 +40,7 @@ def create_app(settings: Settings | None = None, *, redis: Redis | None = None) 
         TRUSTCARD_SETTINGS=settings,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    sessions.init_app(app)
     logging.getLogger("trustcard").setLevel(logging.INFO)
 
     given_redis = redis

@@ -10,6 +10,9 @@ writes, the limit is not enforced: the submission answers 503 for that reason an
 Answers carry the IETF `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset`
 headers (the bucket's size, the tokens left, seconds until it is full again); a 429 also
 carries `Retry-After`, the seconds until enough tokens are back.
+
+The same script call also reads the depth of the queue a submission goes to, when
+`MAX_QUEUE_DEPTH` is on: the task service's check then costs no round trip of its own.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from redis.exceptions import RedisError
 
 from trustcard.api.auth import rate_limit_key
 from trustcard.api.operations import Header
+from trustcard.catalogue import find_by_route
 from trustcard.config import Settings
 from trustcard.connections import REDIS_DOWN_ERRORS
 from trustcard.exceptions import RateLimited, ValidationFailed
+from trustcard.task_service import queue_key
 from trustcard.metrics.store import SUBMISSIONS_KEY
 
 log = logging.getLogger(__name__)
@@ -63,7 +68,11 @@ elseif ARGV[4] == '1' then
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
-return {allowed, tostring(tokens)}
+local depth = -1
+if KEYS[3] then
+  depth = redis.call('LLEN', KEYS[3])  -- the queue's depth, for MAX_QUEUE_DEPTH
+end
+return {allowed, tostring(tokens), depth}
 """
 
 
@@ -76,6 +85,8 @@ class BucketState:
     remaining: float
     rate_per_second: float
     cost: int = 1
+    queue_depth: int | None = None
+    """The depth of the queue named to `take`, read in the same call (None when none was)."""
 
     @property
     def seconds_until_full(self) -> int:
@@ -100,24 +111,27 @@ class RateLimiter:
         self.settings = settings
         self._take = redis.register_script(_TAKE)
 
-    def take(self, client_key: str, cost: int = 1, *, count_refusal: bool = False) -> BucketState | None:
+    def take(
+        self, client_key: str, cost: int = 1, *, count_refusal: bool = False, queue_key: str | None = None
+    ) -> BucketState | None:
         """Take `cost` tokens from the client's bucket; None when the limit is off or Redis fails.
-        With `count_refusal`, a refusal is counted for /metrics in the same script call."""
+        With `count_refusal`, a refusal is counted for /metrics in the same script call; with
+        `queue_key`, that list's length is read in it too."""
         settings = self.settings
         if settings.rate_limit_per_minute <= 0:
             return None
         rate = settings.rate_limit_per_minute / 60
         burst = settings.rate_limit_burst
         try:
-            allowed, remaining = self._take(
-                keys=[KEY_PREFIX + client_key, SUBMISSIONS_KEY], args=[rate, burst, cost, int(count_refusal)]
-            )
+            keys = [KEY_PREFIX + client_key, SUBMISSIONS_KEY] + ([queue_key] if queue_key is not None else [])
+            allowed, remaining, depth = self._take(keys=keys, args=[rate, burst, cost, int(count_refusal)])
         except (*REDIS_DOWN_ERRORS, RedisError) as error:
             # Down, out of memory or read-only (inside a script these come as a plain
             # ResponseError): the submission answers 503 for that reason anyway.
             log.warning("rate limit not enforced, Redis failed: %s", error)
             return None
-        return BucketState(bool(allowed), burst, float(remaining), rate, cost)
+        depth = int(depth) if queue_key is not None and int(depth) >= 0 else None
+        return BucketState(bool(allowed), burst, float(remaining), rate, cost, depth)
 
 
 def limit_submissions() -> None:
@@ -126,10 +140,12 @@ def limit_submissions() -> None:
         return
     limiter: RateLimiter = current_app.extensions["trustcard.ratelimiter"]
     is_submission = request.endpoint == SUBMIT_ENDPOINT
-    state = limiter.take(rate_limit_key(), count_refusal=is_submission)
+    queue_key = _submission_queue_key() if is_submission else None
+    state = limiter.take(rate_limit_key(), count_refusal=is_submission, queue_key=queue_key)
     if state is None:
         return
     g.rate_limit = state
+    g.queue_depth = state.queue_depth  # the task service's MAX_QUEUE_DEPTH check reads it
     if not state.allowed:
         g.submission_counted = is_submission
         raise _refusal(state, limiter.settings)
@@ -160,6 +176,15 @@ def _refusal(state: BucketState, settings: Settings) -> RateLimited:
         f"{settings.rate_limit_per_minute} a minute after that; try again in {state.retry_after_seconds} s.",
         retry_after_seconds=state.retry_after_seconds,
     )
+
+
+def _submission_queue_key() -> str | None:
+    """The Redis list of the queue this submission goes to, when `MAX_QUEUE_DEPTH` is on
+    and the route names a job type; else None (the route refuses an unknown type itself)."""
+    if not current_app.config["TRUSTCARD_SETTINGS"].max_queue_depth:
+        return None
+    job_type = find_by_route((request.view_args or {}).get("job_route", ""))
+    return None if job_type is None else queue_key(job_type.queue)
 
 
 def add_rate_limit_headers(response: Response) -> Response:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from contextlib import nullcontext
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
@@ -23,6 +26,7 @@ from trustcard.api.task_stream import (
     last_event_id,
     preferred_wait,
     wait_for_end,
+    wait_on,
     wait_seconds,
 )
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH
@@ -158,27 +162,36 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
     job_type = find_by_route(job_route)
     if job_type is None:
         raise UnknownJobType(f"There is no task type at /tasks/{job_route}.")
-    submission = _service().submit(
-        job_type.name,
-        task_parameters(),
-        _idempotency_key(),
-        submitted_by=client_identity(),
-        request_id=request_id(),
-        callback_url=request.headers.get(CALLBACK_HEADER),
-    )
-    task = submission.task
-    body = {**task.to_dict(), "status": "submitted"}
-    headers = {"Location": url_for("tasks.status", task_id=task.task_id)}
-    if submission.replayed:
-        headers["Idempotent-Replayed"] = "true"
-    else:
-        g.submission_counted = True  # in the enqueue transaction (trustcard.api.metrics)
     wait = preferred_wait(request.headers.get(PREFER_HEADER))
-    if wait is not None:  # submit and learn the end in one round trip; old clients never ask
-        headers["Preference-Applied"] = f"wait={wait:g}"
-        ended = wait_for_end(_service(), _event_hub(), task.task_id, wait)
-        if has_ended(ended):
-            return jsonify(ended.to_dict()), 200, headers
+    job_id = str(uuid.uuid4())
+    # With `Prefer: wait`, the waiter registers before the enqueue: no end can be missed, and
+    # the task just enqueued needs no read before the wait (a 503 then comes before it too).
+    with _event_hub().waiting(job_id) if wait is not None else nullcontext() as waiter:
+        submission = _service().submit(
+            job_type.name,
+            task_parameters(),
+            _idempotency_key(),
+            submitted_by=client_identity(),
+            request_id=request_id(),
+            callback_url=request.headers.get(CALLBACK_HEADER),
+            queue_depth=g.get("queue_depth"),  # read with the rate limit (trustcard.api.ratelimit)
+            job_id=job_id,
+        )
+        task = submission.task
+        body = {**task.to_dict(), "status": "submitted"}
+        headers = {"Location": url_for("tasks.status", task_id=task.task_id)}
+        if submission.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            g.submission_counted = True  # in the enqueue transaction (trustcard.api.metrics)
+        if waiter is not None and wait is not None:  # the end in one round trip; old clients never ask
+            headers["Preference-Applied"] = f"wait={wait:g}"
+            if submission.replayed:  # an earlier task, which this waiter does not follow
+                ended = wait_for_end(_service(), _event_hub(), task.task_id, wait)
+            else:
+                ended = wait_on(_service(), waiter, task, time.monotonic() + wait)
+            if has_ended(ended):
+                return jsonify(ended.to_dict()), 200, headers
     return jsonify(body), 202, headers
 
 

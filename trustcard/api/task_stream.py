@@ -118,13 +118,19 @@ def wait_for_end(service: TaskService, hub: EventHub, task_id: str, seconds: flo
     """The task's view as soon as it has ended, else after `seconds` as it is then."""
     deadline = time.monotonic() + seconds
     with hub.waiting(task_id) as waiter:
-        view = service.get(task_id)
-        while not has_ended(view):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if waiter.wait(remaining):
-                view = service.get(task_id)
+        return wait_on(service, waiter, service.get(task_id), deadline)
+
+
+def wait_on(service: TaskService, waiter: Waiter, view: TaskView, deadline: float) -> TaskView:
+    """`view` once its task has ended, read again at each message, else as it is at `deadline`
+    (monotonic). `view` must be newer than `waiter`'s registration: read after it, or, for a
+    submission that registered first, the task just enqueued (so its wait skips a read)."""
+    while not has_ended(view):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if waiter.wait(remaining):
+            view = service.get(view.task_id)
     return view
 
 
