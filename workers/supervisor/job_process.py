@@ -142,7 +142,10 @@ class JobProcess:
             popped = found.job.id if isinstance(found, Dequeued) else ""
             if succeeded is not None:
                 self.slot.end(popped)
-                _log_success(succeeded.job)
+                if book.refused is None:
+                    _log_success(succeeded.job)
+                else:
+                    self._discard_late_end(succeeded.job, book.refused)
                 succeeded = None
             elif popped:
                 self.slot.set_popped(popped)
@@ -302,6 +305,20 @@ class JobProcess:
                 self.host.finish_failure(job, queue, execution, sys.exc_info())
             self.host.set_state(WorkerStatus.IDLE)
         self.slot.end()
+
+    def _discard_late_end(self, job: Job, status: str) -> None:
+        """The job ended here after it had been settled without us (this worker was cut off
+        from Redis past its heartbeat, so it was failed as abandoned, or retried elsewhere):
+        its result is dropped, and the settled end stands."""
+        with task_log_context(job):
+            log.warning(
+                "task %s: finished here after it had been settled as %s while this worker was "
+                "unreachable; its result is discarded", job.id, status,
+            )
+        try:
+            self.host.set_state(WorkerStatus.IDLE)
+        except REDIS_DOWN:
+            pass  # the next job's start writes the worker's state again
 
     def _let_go(self, job: Job, queue: Queue, remove_from_intermediate: bool) -> None:
         """A job taken but ended without running: off the intermediate list and the slot."""

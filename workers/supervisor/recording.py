@@ -58,6 +58,10 @@ JOB_MONITORING_INTERVAL_SECONDS = 5
 """Busy heartbeat: the worker's key lives this long + 60 s while a job runs."""
 
 
+def _as_text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RecordingWorker(Worker):
     """RQ's `Worker`, JSON only, whose recorded ends are counted once; see the module docstring."""
 
@@ -75,6 +79,7 @@ class RecordingWorker(Worker):
         self.shutdown_grace = self.settings.worker_shutdown_grace
         self._ending: tuple[str, TaskOutcome] | None = None
         self._handing_back_job_id: str | None = None
+        self._disowned_job_id: str | None = None
         self.push_exc_handler(count_if_abandoned)  # abandoned jobs failed by the maintenance pass
 
     # --- failures only a worker writes ------------------------------------------------
@@ -107,6 +112,11 @@ class RecordingWorker(Worker):
             return
         if status != JobStatus.STARTED:
             return
+        if _as_text(self.connection.hget(job.key, "worker_name")) != self.name:
+            # Settled as abandoned while this worker was unreachable, then retried, and now
+            # started by another worker: that run is not ours to fail.
+            self.log.info("task %s is being run by another worker now; leaving it alone", job.id)
+            return
         self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
 
     def hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
@@ -125,11 +135,37 @@ class RecordingWorker(Worker):
             self.log.exception("task %s could not be requeued; it stays failed", job.id)
 
     def keep_heartbeats(self, job: Job, execution: Execution) -> None:
-        """Heartbeats while a job runs; a Redis outage must not orphan the job process."""
+        """Heartbeats while a job runs; a Redis outage must not orphan the job process.
+
+        After a network cut longer than the worker's key lives, the job was settled without
+        us (failed as abandoned, or retried and perhaps running elsewhere): RQ's heartbeat
+        would put this execution back in the started registry, where a later clean-up would
+        fail the job a second time. So the job gets heartbeats only while it is still ours,
+        and a worker whose key expired registers again (RQ's heartbeat would leave a stub)."""
         try:
+            registered, ours = self._registration_and_ownership(job)
+            if not ours:
+                if self._disowned_job_id != job.id:
+                    self._disowned_job_id = job.id
+                    self.log.warning("task %s was settled without this worker (it was unreachable); "
+                                     "no more heartbeats for it", job.id)
+                self.heartbeat()  # the worker's only; it registers again if Redis forgot it
+                return
             self.maintain_heartbeats(job, execution)
+            if not registered and self.birth_date is not None:
+                self._register_again()
         except REDIS_DOWN as error:
             self.log.warning("task %s: heartbeat failed, Redis unreachable (%s)", job.id, error)
+
+    def _registration_and_ownership(self, job: Job) -> tuple[bool, bool]:
+        """Whether Redis still has this worker, and whether `job` is still started by it."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            pipeline.exists(self.key)
+            pipeline.hmget(job.key, "status", "worker_name")
+            listed, alive, (status, worker_name) = pipeline.execute()
+        ours = _as_text(status) == JobStatus.STARTED.value and _as_text(worker_name) == self.name
+        return bool(listed) and bool(alive), ours
 
     # --- RQ's recording of ends, counted once -------------------------------------------
 
@@ -204,12 +240,22 @@ class RecordingWorker(Worker):
             super().heartbeat(timeout, pipeline)
             return
         try:
-            known = self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            known = self._still_registered()
             super().heartbeat(timeout)
             if not known and self.birth_date is not None:
                 self._register_again()
         except REDIS_DOWN as error:
             self.log.warning("heartbeat failed, Redis unreachable (%s)", error)
+
+    def _still_registered(self) -> bool:
+        """Redis still has this worker: in the workers' set and its key alive. A worker cut off
+        from Redis past its TTL (a network cut) comes back to a set that may still list it but
+        a key that has expired: RQ's heartbeat alone would then leave a stub of one field."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            pipeline.exists(self.key)
+            listed, alive = pipeline.execute()
+        return bool(listed) and bool(alive)
 
     def _register_again(self) -> None:
         self.log.warning("worker %s: Redis forgot this worker; registering again", self.name)
