@@ -79,7 +79,6 @@ class RecordingWorker(Worker):
         self.shutdown_grace = self.settings.worker_shutdown_grace
         self._ending: tuple[str, TaskOutcome] | None = None
         self._handing_back_job_id: str | None = None
-        self._disowned_job_id: str | None = None
         self.push_exc_handler(count_if_abandoned)  # abandoned jobs failed by the maintenance pass
 
     # --- failures only a worker writes ------------------------------------------------
@@ -137,35 +136,18 @@ class RecordingWorker(Worker):
     def keep_heartbeats(self, job: Job, execution: Execution) -> None:
         """Heartbeats while a job runs; a Redis outage must not orphan the job process.
 
-        After a network cut longer than the worker's key lives, the job was settled without
-        us (failed as abandoned, or retried and perhaps running elsewhere): RQ's heartbeat
-        would put this execution back in the started registry, where a later clean-up would
-        fail the job a second time. So the job gets heartbeats only while it is still ours,
-        and a worker whose key expired registers again (RQ's heartbeat would leave a stub)."""
+        After a network cut longer than the worker's key lives, `/health` (or any reader that
+        cleans RQ's workers set) has dropped this worker: RQ's busy heartbeat writes its key
+        back but not its place in that set, so it would run jobs unseen. It registers again.
+        (RQ's job heartbeat touches the started registry only where the entry still exists,
+        so a job settled meanwhile is not put back there.)"""
         try:
-            registered, ours = self._registration_and_ownership(job)
-            if not ours:
-                if self._disowned_job_id != job.id:
-                    self._disowned_job_id = job.id
-                    self.log.warning("task %s was settled without this worker (it was unreachable); "
-                                     "no more heartbeats for it", job.id)
-                self.heartbeat()  # the worker's only; it registers again if Redis forgot it
-                return
+            registered = self._still_registered()
             self.maintain_heartbeats(job, execution)
             if not registered and self.birth_date is not None:
-                self._register_again()
+                self._register_again(self.job_monitoring_interval + 60)  # RQ's busy heartbeat's TTL
         except REDIS_DOWN as error:
             self.log.warning("task %s: heartbeat failed, Redis unreachable (%s)", job.id, error)
-
-    def _registration_and_ownership(self, job: Job) -> tuple[bool, bool]:
-        """Whether Redis still has this worker, and whether `job` is still started by it."""
-        with self.connection.pipeline(transaction=False) as pipeline:
-            pipeline.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
-            pipeline.exists(self.key)
-            pipeline.hmget(job.key, "status", "worker_name")
-            listed, alive, (status, worker_name) = pipeline.execute()
-        ours = _as_text(status) == JobStatus.STARTED.value and _as_text(worker_name) == self.name
-        return bool(listed) and bool(alive), ours
 
     # --- RQ's recording of ends, counted once -------------------------------------------
 
@@ -249,20 +231,21 @@ class RecordingWorker(Worker):
 
     def _still_registered(self) -> bool:
         """Redis still has this worker: in the workers' set and its key alive. A worker cut off
-        from Redis past its TTL (a network cut) comes back to a set that may still list it but
-        a key that has expired: RQ's heartbeat alone would then leave a stub of one field."""
+        from Redis past its TTL (a network cut) comes back to a key that has expired and a set
+        that may or may not list it still: RQ's idle heartbeat alone would then leave a key of
+        one field, and its busy one a key that no reader of the set finds."""
         with self.connection.pipeline(transaction=False) as pipeline:
             pipeline.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
             pipeline.exists(self.key)
             listed, alive = pipeline.execute()
         return bool(listed) and bool(alive)
 
-    def _register_again(self) -> None:
+    def _register_again(self, ttl: int | None = None) -> None:
         self.log.warning("worker %s: Redis forgot this worker; registering again", self.name)
         with self.connection.pipeline() as pipeline:
             pipeline.hset(self.key, mapping=self.serialize())
             worker_registration.register(self, pipeline)
-            pipeline.expire(self.key, self.worker_ttl + 60)
+            pipeline.expire(self.key, ttl or self.worker_ttl + 60)
             pipeline.execute()
 
     def teardown(self) -> None:

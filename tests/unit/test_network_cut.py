@@ -1,0 +1,138 @@
+"""A worker cut off from Redis for longer than its key lives, then back: on fakeredis.
+
+Meanwhile its running task was settled without it (failed as abandoned by the status check,
+or retried and started by another worker). When the link returns, nothing it sends may undo
+that: not its late "finished", not a heartbeat that puts its execution back in the started
+registry, not the outage recovery's "Redis lost". And it registers again, whole. The real
+cut, with network namespaces, is `tests/integration/test_many_hosts.py`.
+"""
+
+from __future__ import annotations
+
+import fakeredis
+from rq import Queue, worker_registration
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import now
+
+from tests.unit.test_metrics import enqueue, started
+from workers.supervisor import JobProcessSupervisor
+from workers.supervisor.batches import success_batch
+from workers.supervisor.bookkeeping import Bookkeeper, Dequeued
+
+OTHER_WORKER = "the-other-host-worker"
+
+
+def fetch(job: Job) -> Job:
+    return Job.fetch(job.id, connection=job.connection, serializer=JSONSerializer)
+
+
+def settled_as_abandoned(job: Job) -> None:
+    """What the status check leaves: failed, out of the started registry."""
+    job.connection.zrem(job.started_job_registry.key, *job.connection.zrange(job.started_job_registry.key, 0, -1))
+    job.set_status(JobStatus.FAILED)
+
+
+def test_a_late_end_of_a_task_settled_as_abandoned_writes_nothing(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    job = started(enqueue(queue), worker, 90)
+    fake_redis.lrem(queue.key, 0, job.id)  # taken off the queue when it started
+    execution = worker.prepare_execution(job)
+    settled_as_abandoned(job)
+    waiting = enqueue(queue)
+    book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
+    found = book.run(success_batch(worker, job, execution, 3, 600, now()), [queue])
+    assert book.refused == JobStatus.FAILED.value
+    assert fetch(job).get_status() == JobStatus.FAILED
+    assert fetch(job).latest_result() is None
+    assert job.id not in queue.finished_job_registry.get_job_ids()
+    assert isinstance(found, Dequeued) and found.job.id == waiting.id  # the worker carries on
+
+
+def test_a_late_end_of_a_task_retried_and_started_by_another_worker_writes_nothing(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    job = started(enqueue(queue), worker, 90)
+    execution = worker.prepare_execution(job)
+    with fake_redis.pipeline() as pipeline:
+        fetch(job).prepare_for_execution(OTHER_WORKER, pipeline)
+        pipeline.execute()
+    book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
+    assert book.run(success_batch(worker, job, execution, 3, 600, now()), None) is None
+    assert book.refused == JobStatus.STARTED.value
+    again = fetch(job)
+    assert (again.get_status(), again.worker_name, again.latest_result()) == (JobStatus.STARTED, OTHER_WORKER, None)
+
+
+def test_an_end_in_time_is_written_and_refuses_nothing(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    job = started(enqueue(queue), worker, 0.01)
+    book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
+    book.run(success_batch(worker, job, worker.prepare_execution(job), 3, 600, now()), None)
+    assert book.refused is None
+    assert fetch(job).get_status() == JobStatus.FINISHED
+
+
+def test_the_outage_recovery_leaves_a_task_another_worker_runs_now_alone(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    job = started(enqueue(queue), worker, 90)
+    with fake_redis.pipeline() as pipeline:
+        fetch(job).prepare_for_execution(OTHER_WORKER, pipeline)
+        pipeline.execute()
+    worker.recover_after_outage(job, queue)
+    assert fetch(job).get_status() == JobStatus.STARTED
+
+
+def test_the_outage_recovery_still_fails_its_own_task_left_started(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    job = started(enqueue(queue), worker, 90)
+    worker.recover_after_outage(job, queue)
+    assert fetch(job).get_status() == JobStatus.FAILED
+
+
+def test_no_heartbeat_for_a_task_settled_without_the_worker(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """Were the execution put back in the started registry, a later clean-up would fail the
+    settled task a second time (RQ's job heartbeat updates only entries that still exist)."""
+    worker.register_birth()
+    job = started(enqueue(queue), worker, 90)
+    execution = worker.prepare_execution(job)
+    settled_as_abandoned(job)
+    worker.keep_heartbeats(job, execution)
+    assert fake_redis.zcard(queue.started_job_registry.key) == 0
+    assert fetch(job).get_status() == JobStatus.FAILED
+    assert fake_redis.ttl(worker.key) > 0  # the worker itself is still kept alive
+
+
+def test_a_busy_worker_whose_key_expired_during_a_cut_registers_again_whole(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """RQ's busy heartbeat writes the key back, but not the worker's place in the workers' set,
+    which `/health` cleaned meanwhile: it would run jobs that no reader of the set sees."""
+    worker.register_birth()
+    job = started(enqueue(queue), worker, 30)
+    execution = worker.prepare_execution(job)
+    fake_redis.delete(worker.key)  # expired while it could not reach Redis
+    worker_registration.clean_worker_registry(queue)  # what a reader of the set does then
+    worker.keep_heartbeats(job, execution)
+    assert fake_redis.sismember(worker_registration.REDIS_WORKER_KEYS, worker.key)
+    assert fake_redis.hget(worker.key, "queues") == b"analysis"
+    assert 0 < fake_redis.ttl(worker.key) <= worker.job_monitoring_interval + 60
+    assert job.id in queue.started_job_registry.get_job_ids()  # its own job still has its heartbeat
+
+
+def test_an_idle_worker_whose_key_expired_during_a_cut_registers_again_whole(
+    worker: JobProcessSupervisor, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """The workers' set still lists it (nobody cleaned it yet); RQ's heartbeat alone would
+    leave a key of one field, with no queues and no state."""
+    worker.register_birth()
+    fake_redis.delete(worker.key)
+    worker.heartbeat()
+    assert fake_redis.hget(worker.key, "queues") == b"analysis"
+    assert fake_redis.ttl(worker.key) > 0
