@@ -3,20 +3,22 @@
 Meanwhile its running task was settled without it (failed as abandoned by the status check,
 or retried and started by another worker). When the link returns, nothing it sends may undo
 that: not its late "finished", not a heartbeat that puts its execution back in the started
-registry, not the outage recovery's "Redis lost". And it registers again, whole. The real
-cut, with network namespaces, is `tests/integration/test_many_hosts.py`.
+registry, not the outage recovery's "Redis lost". And it registers again, whole. The live
+workers settle a vanished worker's task (`workers.supervisor.abandoned`), whether anyone
+reads it or not. The real cut, with network namespaces, is `tests/integration/test_many_hosts.py`.
 """
 
 from __future__ import annotations
 
 import fakeredis
 from rq import Queue, worker_registration
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from tests.unit.test_metrics import enqueue, started
 from workers.supervisor import JobProcessSupervisor
+from workers.supervisor.abandoned import settle_abandoned
 from workers.supervisor.batches import success_batch
 from workers.supervisor.bookkeeping import Bookkeeper, Dequeued
 
@@ -136,3 +138,50 @@ def test_an_idle_worker_whose_key_expired_during_a_cut_registers_again_whole(
     worker.heartbeat()
     assert fake_redis.hget(worker.key, "queues") == b"analysis"
     assert fake_redis.ttl(worker.key) > 0
+
+
+# --- the tasks of a vanished worker, settled by the live ones -----------------------------------
+
+
+def vanished_while_running(job: Job, worker: JobProcessSupervisor) -> None:
+    """`job` started by `worker`, whose last heartbeat is now older than the entry's TTL."""
+    worker.prepare_execution(job)
+    registry = job.started_job_registry
+    entries = job.connection.zrange(registry.key, 0, -1)
+    job.connection.zadd(registry.key, {entry: 1 for entry in entries}, xx=True)
+
+
+def test_a_live_worker_fails_the_task_of_a_vanished_one_as_abandoned(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
+    job = started(enqueue(queue), gone, 120)
+    fake_redis.lrem(queue.key, 0, job.id)
+    vanished_while_running(job, gone)
+    assert settle_abandoned(worker) == ["analysis"]
+    assert fetch(job).get_status() == JobStatus.FAILED
+    latest = fetch(job).latest_result()
+    assert latest is not None and "AbandonedJobError" in (latest.exc_string or "")
+
+
+def test_a_task_with_retries_left_is_queued_again_once_though_two_workers_check(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
+    job = started(enqueue(queue, "test.fail", retry=Retry(max=1)), gone, 120)
+    fake_redis.lrem(queue.key, 0, job.id)
+    vanished_while_running(job, gone)
+    other = JobProcessSupervisor([queue], connection=fake_redis, name="other-live-worker")
+    assert settle_abandoned(worker) == ["analysis"]
+    assert settle_abandoned(other) == []  # this period's check was the first worker's
+    assert queue.get_job_ids() == [job.id]
+    assert fetch(job).get_status() == JobStatus.QUEUED
+
+
+def test_a_task_whose_worker_still_heartbeats_is_left_running(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    job = started(enqueue(queue), worker, 120)
+    worker.prepare_execution(job)  # its entry lives 65 s from its last heartbeat: now
+    settle_abandoned(worker)
+    assert fetch(job).get_status() == JobStatus.STARTED
