@@ -212,7 +212,7 @@ def test_tasks_and_an_analysis_run_across_worker_hosts_and_a_cut_one_is_settled_
     wait_until(lambda: hosts.redis.sismember("rq:workers", key) and hosts.redis.hget(key, "queues")
                and hosts.redis.ttl(key) > 0, 30, "the cut worker to register again, whole")
     late = CUT_TASK_SECONDS - (time.monotonic() - cut_at) + 5  # its job ends, then writes (or not)
-    wait_until(lambda: "its result is discarded" in hosts.workers[cut_host].log(), max(late, 5) + 20,
+    wait_until(lambda: "this end is discarded" in hosts.workers[cut_host].log(), max(late, 5) + 20,
                "the cut worker to finish its task and discard the late end", interval=0.5)
     assert hosts.task(cut_task) == settled, "the late end overwrote the settled task"
     assert hosts.redis.zscore(f"rq:finished:{settled['queue']}", cut_task) is None

@@ -11,18 +11,37 @@ reads it or not. The real cut, with network namespaces, is `tests/integration/te
 from __future__ import annotations
 
 import fakeredis
-from rq import Queue, worker_registration
+import pytest
+from rq import Queue, get_current_job, worker_registration
 from rq.job import Job, JobStatus, Retry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from tests.unit.test_metrics import enqueue, started
+from tests.unit.test_worker_contract import ADD, run_burst
+from workers import job as catalogue_job
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.abandoned import settle_abandoned
 from workers.supervisor.batches import success_batch
 from workers.supervisor.bookkeeping import Bookkeeper, Dequeued
 
 OTHER_WORKER = "the-other-host-worker"
+TAKEN_OVER = f"{__name__}.taken_over_then"
+
+
+def taken_over_then(outcome: str) -> str:
+    """A job that, while it runs here, is settled and retried by the live workers and started
+    by another one (what a network cut longer than its heartbeat leads to), then ends here."""
+    job = get_current_job()
+    assert job is not None
+    with job.connection.pipeline() as pipeline:
+        Job.fetch(job.id, connection=job.connection, serializer=JSONSerializer).prepare_for_execution(
+            OTHER_WORKER, pipeline
+        )
+        pipeline.execute()
+    if outcome == "raise":
+        raise RuntimeError("a failure that arrives late")
+    return "a result that arrives late"
 
 
 def fetch(job: Job) -> Job:
@@ -31,7 +50,9 @@ def fetch(job: Job) -> Job:
 
 def settled_as_abandoned(job: Job) -> None:
     """What the status check leaves: failed, out of the started registry."""
-    job.connection.zrem(job.started_job_registry.key, *job.connection.zrange(job.started_job_registry.key, 0, -1))
+    entries = job.connection.zrange(job.started_job_registry.key, 0, -1)
+    if entries:
+        job.connection.zrem(job.started_job_registry.key, *entries)
     job.set_status(JobStatus.FAILED)
 
 
@@ -185,3 +206,31 @@ def test_a_task_whose_worker_still_heartbeats_is_left_running(
     worker.prepare_execution(job)  # its entry lives 65 s from its last heartbeat: now
     settle_abandoned(worker)
     assert fetch(job).get_status() == JobStatus.STARTED
+
+
+def test_the_worker_knows_whether_a_task_is_still_its_own(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """What RQ's own end paths (a failure, callbacks, dependents) ask before they write."""
+    job = started(enqueue(queue), worker, 90)
+    assert worker.settled_without_me(job) is None
+    settled_as_abandoned(job)
+    assert worker.settled_without_me(job) == JobStatus.FAILED.value
+    with fake_redis.pipeline() as pipeline:
+        fetch(job).prepare_for_execution(OTHER_WORKER, pipeline)
+        pipeline.execute()
+    assert worker.settled_without_me(job) == JobStatus.STARTED.value
+    fake_redis.delete(job.key)
+    assert worker.settled_without_me(job) == "gone"
+
+
+@pytest.mark.parametrize("outcome", ["return", "raise"])
+def test_a_job_process_whose_task_was_taken_over_records_no_end_over_it(
+    worker: JobProcessSupervisor, queue: Queue, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """Its success through the script's guard, its failure through RQ's path after the check."""
+    monkeypatch.setitem(catalogue_job.BY_FUNCTION, TAKEN_OVER, catalogue_job.BY_FUNCTION[ADD])
+    job = queue.enqueue_call(TAKEN_OVER, kwargs={"outcome": outcome})
+    run_burst(worker)
+    again = fetch(job)
+    assert (again.get_status(), again.worker_name, again.latest_result()) == (JobStatus.STARTED, OTHER_WORKER, None)

@@ -274,7 +274,14 @@ class JobProcess:
                     host.executions.pop(execution.id, None)
                     batch = success_batch(host, job, execution, return_value, result_ttl, ended_at)
                     return Succeeded(job, queue, execution, return_value, batch)
-                host.finish_success(job, queue, execution, return_value)
+                if (settled := host.settled_without_me(job)) is not None:
+                    host.executions.pop(execution.id, None)
+                    self._discard_late_end(job, settled)
+                else:
+                    host.finish_success(job, queue, execution, return_value)
+            elif (settled := host.settled_without_me(job)) is not None:
+                host.executions.pop(execution.id, None)
+                self._discard_late_end(job, settled)
             else:
                 host.finish_failure(job, queue, execution, failure)
                 host.set_state(WorkerStatus.IDLE)
@@ -294,6 +301,11 @@ class JobProcess:
         self.host.executions[execution.id] = execution
         with task_log_context(job):
             try:
+                if (settled := self.host.settled_without_me(job)) is not None:
+                    self.host.executions.pop(execution.id, None)
+                    self._discard_late_end(job, settled)
+                    self.slot.end()
+                    return
                 self.host.finish_success(job, queue, execution, succeeded.return_value)
             except REDIS_DOWN as error:
                 log.error("task %s: lost Redis while recording its end (%s)", job.id, error)
@@ -309,11 +321,11 @@ class JobProcess:
     def _discard_late_end(self, job: Job, status: str) -> None:
         """The job ended here after it had been settled without us (this worker was cut off
         from Redis past its heartbeat, so it was failed as abandoned, or retried elsewhere):
-        its result is dropped, and the settled end stands."""
+        its result or its failure is dropped, and the settled end stands."""
         with task_log_context(job):
             log.warning(
-                "task %s: finished here after it had been settled as %s while this worker was "
-                "unreachable; its result is discarded", job.id, status,
+                "task %s: ended here after it had been settled as %s while this worker was "
+                "unreachable; this end is discarded", job.id, status,
             )
         try:
             self.host.set_state(WorkerStatus.IDLE)

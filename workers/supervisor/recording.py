@@ -111,12 +111,23 @@ class RecordingWorker(Worker):
             return
         if status != JobStatus.STARTED:
             return
-        if _as_text(self.connection.hget(job.key, "worker_name")) != self.name:
+        if self.settled_without_me(job) is not None:
             # Settled as abandoned while this worker was unreachable, then retried, and now
             # started by another worker: that run is not ours to fail.
             self.log.info("task %s is being run by another worker now; leaving it alone", job.id)
             return
         self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
+
+    def settled_without_me(self, job: Job) -> str | None:
+        """None while `job` is still `started` by this worker; else its status now ("gone"
+        when Redis no longer has it). A worker cut off from Redis past its heartbeat finds
+        its job settled without it (failed as abandoned, or retried and started elsewhere),
+        and must not record an end over that. The plain success path checks the same inside
+        its script (`CommandBatch.guard`); RQ's own end paths ask this first."""
+        status, worker_name = self.connection.hmget(job.key, "status", "worker_name")
+        if _as_text(status) == JobStatus.STARTED.value and _as_text(worker_name) == self.name:
+            return None
+        return _as_text(status) or "gone"
 
     def hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
