@@ -18,6 +18,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 
 from tests.unit.test_metrics import enqueue, started
+from trustcard.settling import settling
 from tests.unit.test_worker_contract import ADD, run_burst
 from workers import job as catalogue_job
 from workers.supervisor import JobProcessSupervisor
@@ -136,7 +137,8 @@ def test_a_busy_worker_whose_key_expired_during_a_cut_registers_again_whole(
     worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     """RQ's busy heartbeat writes the key back, but not the worker's place in the workers' set,
-    which `/health` cleaned meanwhile: it would run jobs that no reader of the set sees."""
+    which a reader of the set (`Worker.all()`, the dashboard) cleaned meanwhile: it would run
+    jobs that no reader of the set sees."""
     worker.register_birth()
     job = started(enqueue(queue), worker, 30)
     execution = worker.prepare_execution(job)
@@ -194,9 +196,25 @@ def test_a_task_with_retries_left_is_queued_again_once_though_two_workers_check(
     vanished_while_running(job, gone)
     other = JobProcessSupervisor([queue], connection=fake_redis, name="other-live-worker")
     assert settle_abandoned(worker) == ["analysis"]
-    assert settle_abandoned(other) == []  # this period's check was the first worker's
+    assert settle_abandoned(other) == ["analysis"]
     assert queue.get_job_ids() == [job.id]
     assert fetch(job).get_status() == JobStatus.QUEUED
+
+
+def test_a_worker_skips_a_queue_another_settler_is_settling(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """RQ's clean-up is not atomic: two at once on one entry would both retry the job."""
+    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
+    job = started(enqueue(queue), gone, 120)
+    fake_redis.lrem(queue.key, 0, job.id)
+    vanished_while_running(job, gone)
+    with settling(fake_redis, queue.name) as held:  # the API's status read, say
+        assert held
+        assert settle_abandoned(worker) == []
+        assert fetch(job).get_status() == JobStatus.STARTED
+    assert settle_abandoned(worker) == ["analysis"]
+    assert fetch(job).get_status() == JobStatus.FAILED
 
 
 def test_a_task_whose_worker_still_heartbeats_is_left_running(
@@ -234,3 +252,18 @@ def test_a_job_process_whose_task_was_taken_over_records_no_end_over_it(
     run_burst(worker)
     again = fetch(job)
     assert (again.get_status(), again.worker_name, again.latest_result()) == (JobStatus.STARTED, OTHER_WORKER, None)
+
+
+def test_a_task_cancelled_while_it_runs_here_is_still_this_workers_to_end(
+    worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """RQ's contract: `job.cancel()` on a running job does not stop it, and its end is recorded
+    (its dependents stay deferred); only a task settled or taken over without us is refused."""
+    job = started(enqueue(queue), worker, 1)
+    execution = worker.prepare_execution(job)
+    fetch(job).set_status(JobStatus.CANCELED)
+    assert worker.settled_without_me(job) is None
+    book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
+    book.run(success_batch(worker, job, execution, 3, 600, now()), None)
+    assert book.refused is None
+    assert fetch(job).return_value() == 3

@@ -8,9 +8,10 @@ someone reads. A task nobody polls (an analysis stage, a task with a webhook) wo
 10 minutes. So each supervisor runs the clean-up of its queues every `CHECK_SECONDS`: a
 range read of one sorted set per queue when nothing is abandoned.
 
-At most one worker per queue runs it per period (a lock with that expiry): RQ's clean-up is
-not atomic, and two workers settling the same expired entry at once would both retry it,
-queueing the job twice.
+RQ's clean-up is not atomic: two settling the same expired entry at once would both retry
+it, queueing the job twice. So it runs under the queue's settling lock, which the API's
+status read takes too (`trustcard.settling`); a worker that finds it taken skips the queue
+this time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from rq.registry import StartedJobRegistry
 
 from trustcard.metrics.ends import count_if_abandoned
+from trustcard.settling import settling
 
 if TYPE_CHECKING:
     from rq.worker import Worker
@@ -29,20 +31,19 @@ log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trus
 
 CHECK_SECONDS = 15.0
 """How often a supervisor looks for abandoned tasks on its queues."""
-LOCK_PREFIX = "trustcard:abandoned-check:"
-"""Per queue: the worker that runs this period's check."""
 
 
 def settle_abandoned(worker: Worker) -> list[str]:
-    """Run RQ's started-registry clean-up on each of `worker`'s queues that no other worker
-    checked this period; returns the names of the queues it checked."""
+    """Run RQ's started-registry clean-up on each of `worker`'s queues whose settling lock is
+    free; returns the names of the queues it checked."""
     checked = []
     for queue in worker.queues:
-        if not worker.connection.set(LOCK_PREFIX + queue.name, worker.name, nx=True, ex=int(CHECK_SECONDS)):
-            continue
-        registry = StartedJobRegistry(
-            queue.name, connection=worker.connection, job_class=worker.job_class, serializer=worker.serializer
-        )
-        registry.cleanup(exception_handlers=[count_if_abandoned])
+        with settling(worker.connection, queue.name) as ours:
+            if not ours:
+                continue
+            registry = StartedJobRegistry(
+                queue.name, connection=worker.connection, job_class=worker.job_class, serializer=worker.serializer
+            )
+            registry.cleanup(exception_handlers=[count_if_abandoned])
         checked.append(queue.name)
     return checked

@@ -59,7 +59,7 @@ local done = false
 if ARGV[5] ~= '' and redis.call('SCARD', ARGV[5]) > 0 then return {false, 0, 0} end
 if ARGV[6] ~= '' then
   local state = redis.call('HMGET', ARGV[6], 'status', 'worker_name')
-  if state[1] ~= 'started' or state[2] ~= ARGV[7] then
+  if (state[1] ~= 'started' and state[1] ~= 'canceled') or state[2] ~= ARGV[7] then
     done = 'refused:' .. tostring(state[1] or 'gone')
   end
 end
@@ -103,8 +103,9 @@ return {done}
 # the job key prefix, the suspension key, a dependents key ('' for none: when that set is
 # not empty the script does nothing and answers so, and the job's success goes through
 # RQ's own transaction, which releases its dependents), a guard's job key and worker name
-# ('' for none: the batch runs only while that job reads `started` by that worker, else the
-# script skips it and its first answer is "refused:<status>"; see `CommandBatch.guard`),
+# ('' for none: the batch runs only while that job reads `started` (or `canceled`: RQ records
+# the end of a job cancelled while it ran) by that worker, else the script skips it and its
+# first answer is "refused:<status>"; see `CommandBatch.guard`),
 # the queue keys, then (optional) the batch as
 # a JSON list of commands, and (optional) its best-effort commands (the counts for
 # /metrics), run under pcall after it: one that fails cannot stop the batch or the
@@ -123,8 +124,8 @@ class CommandBatch(DataAccessCommands):
         self.best_effort: list[tuple[Any, ...]] = []
         """Commands whose failure must not fail the batch: the counts for /metrics."""
         self.guard: tuple[str, str] | None = None
-        """(job key, worker name): run the batch only while that job is `started` by that
-        worker. A job's end comes late when its worker lost Redis for longer than its
+        """(job key, worker name): run the batch only while that job is `started` (or
+        `canceled` while it ran, whose end RQ still records) by that worker. A job's end comes late when its worker lost Redis for longer than its
         heartbeat (a network cut): by then the job was settled as abandoned, or retried and
         run elsewhere, and a late "finished" must not overwrite that. A command that was
         written to a socket before the cut may also reach Redis minutes later, when the link

@@ -58,6 +58,10 @@ JOB_MONITORING_INTERVAL_SECONDS = 5
 """Busy heartbeat: the worker's key lives this long + 60 s while a job runs."""
 
 
+_STILL_RUNNING = (JobStatus.STARTED.value, JobStatus.CANCELED.value)
+"""Statuses under which the worker that started a job still records its end."""
+
+
 def _as_text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -119,13 +123,14 @@ class RecordingWorker(Worker):
         self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
 
     def settled_without_me(self, job: Job) -> str | None:
-        """None while `job` is still `started` by this worker; else its status now ("gone"
-        when Redis no longer has it). A worker cut off from Redis past its heartbeat finds
+        """None while `job` is still `started` by this worker (or `canceled` while it ran:
+        RQ records such a job's end, and keeps its dependents deferred); else its status now
+        ("gone" when Redis no longer has it). A worker cut off from Redis past its heartbeat finds
         its job settled without it (failed as abandoned, or retried and started elsewhere),
         and must not record an end over that. The plain success path checks the same inside
         its script (`CommandBatch.guard`); RQ's own end paths ask this first."""
         status, worker_name = self.connection.hmget(job.key, "status", "worker_name")
-        if _as_text(status) == JobStatus.STARTED.value and _as_text(worker_name) == self.name:
+        if _as_text(status) in _STILL_RUNNING and _as_text(worker_name) == self.name:
             return None
         return _as_text(status) or "gone"
 
@@ -147,8 +152,8 @@ class RecordingWorker(Worker):
     def keep_heartbeats(self, job: Job, execution: Execution) -> None:
         """Heartbeats while a job runs; a Redis outage must not orphan the job process.
 
-        After a network cut longer than the worker's key lives, `/health` (or any reader that
-        cleans RQ's workers set) has dropped this worker: RQ's busy heartbeat writes its key
+        After a network cut longer than the worker's key lives, any reader of RQ's workers set
+        (`Worker.all()`, the dashboard) drops this worker: RQ's busy heartbeat writes its key
         back but not its place in that set, so it would run jobs unseen. It registers again.
         (RQ's job heartbeat touches the started registry only where the entry still exists,
         so a job settled meanwhile is not put back there.)"""
