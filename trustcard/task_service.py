@@ -42,6 +42,7 @@ from trustcard.exceptions import (
     UnknownJobType,
 )
 from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
+from trustcard.settling import settling
 from trustcard.status import CANCEL_FIELD, TaskStatus
 from trustcard.task_batch import BatchIdempotencyKeys, BatchSubmission, BatchTask, check_queue_depths, enqueue_batch
 from trustcard.task_events import progress_log
@@ -395,11 +396,23 @@ class TaskService:
     def _settle_if_abandoned(self, job: Job) -> bool:
         """A started job whose worker no longer exists will never finish: let RQ's own
         abandoned-job handling fail it (or retry it, by its policy) now, not at the next
-        maintenance pass minutes later. The worker's key lives only while it heartbeats."""
+        maintenance pass minutes later. The worker's key lives only while it heartbeats. The
+        workers' own check settles such tasks too; one settler at a time (`settling`)."""
         if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
             return False
         if self.connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name):
             return False
+        with settling(self.connection, job.origin) as ours:
+            if not ours:
+                return False  # a worker's check is settling this queue now; the next read sees it
+            if job.get_status(refresh=True) != JobStatus.STARTED:
+                return True  # settled a moment ago by another settler
+            self._settle_abandoned(job)
+        log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)
+        return True
+
+    def _settle_abandoned(self, job: Job) -> None:
+        """RQ's clean-up of this job's entries only (marked expired), or, with none left, its failure."""
         registry = StartedJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
         prefix = f"{job.id}:".encode()
         entries = [entry for entry in self.connection.zrange(registry.key, 0, -1) if entry.startswith(prefix)]
@@ -412,8 +425,6 @@ class TaskService:
                 rq_seams.record_job_failure(job, failures.ABANDONED_BY_STATUS_CHECK.render(), pipeline)
                 pipeline.execute()
             count_abandoned(job, retried=False)
-        log.warning("task %s abandoned: its worker %s is gone", job.id, job.worker_name)
-        return True
 
     def _view(self, stored: StoredTask) -> TaskView:
         if self._settle_if_abandoned(stored.job):

@@ -37,6 +37,11 @@ class PrivateRedis:
     data_dir: Path
     appendonly: bool = False
     process: subprocess.Popen[bytes] | None = None
+    bind: str = "127.0.0.1"
+    launcher: tuple[str, ...] = ()
+    """Words before the command (`ip netns exec <ns>`: a server on another host's network)."""
+    unix_socket: Path | None = None
+    """Also listen on this socket file, which the test reads through from any namespace."""
 
     @classmethod
     def started(cls, data_dir: Path, appendonly: bool = False) -> PrivateRedis:
@@ -48,13 +53,14 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.bind}:{self.port}/0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                redis_server_binary(),
-                "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                *self.launcher, redis_server_binary(),
+                "--port", str(self.port), "--bind", self.bind, "--save", "",
+                *(["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"] if self.unix_socket else []),
                 "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
                 "--dir", str(self.data_dir), "--maxmemory-policy", "noeviction",
             ],
@@ -62,13 +68,19 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C of the script or test run is not its to receive
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = self.local_client(socket_connect_timeout=1)
         try:
             wait_until(lambda: self.process.poll() is not None or pings(client), START_TIMEOUT,
                        f"private redis on {self.port}")
         finally:
             client.close()
         assert self.process.poll() is None, f"private redis on port {self.port} exited"
+
+    def local_client(self, **options: object) -> redis.Redis:
+        """A client for the test process: through the unix socket when there is one."""
+        if self.unix_socket is not None:
+            return redis.Redis(unix_socket_path=str(self.unix_socket), **options)  # type: ignore[arg-type]
+        return redis.Redis(port=self.port, **options)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         """SIGKILL, like a crash: no final save."""

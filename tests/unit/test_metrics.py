@@ -27,6 +27,7 @@ from trustcard.config import Settings, load_settings
 from trustcard.metrics import store
 from trustcard.metrics.collector import read_snapshot
 from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
+from trustcard.settling import settling
 from trustcard.metrics.outcomes import (
     DURATION_BUCKETS,
     SubmissionOutcome,
@@ -475,6 +476,23 @@ def test_the_apis_settlement_of_an_abandoned_task_counts_it(
     fake_redis.delete(worker.key)
     assert job.id in StartedJobRegistry("analysis", connection=fake_redis, serializer=JSONSerializer).get_job_ids()
     assert client.get(f"/tasks/{task_id}").get_json()["status"] == "failed"
+    assert client.get(f"/tasks/{task_id}").get_json()["status"] == "failed"
+    assert ended(scrape(client), "test.add", "failed") == 1
+
+
+def test_the_api_leaves_an_abandoned_task_to_a_worker_settling_its_queue_now(
+    client: FlaskClient, worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """One settler at a time (`trustcard.settling`): two of RQ's clean-ups at once would both
+    retry a job with retries left, queueing it twice."""
+    task_id = submit_ok(client)
+    job = Job.fetch(task_id, connection=fake_redis, serializer=JSONSerializer)
+    started(job, worker, 1.0)
+    worker.prepare_execution(job)
+    fake_redis.delete(worker.key)
+    with settling(fake_redis, "analysis") as held:
+        assert held
+        assert client.get(f"/tasks/{task_id}").get_json()["status"] == "started"
     assert client.get(f"/tasks/{task_id}").get_json()["status"] == "failed"
     assert ended(scrape(client), "test.add", "failed") == 1
 

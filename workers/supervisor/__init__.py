@@ -8,6 +8,7 @@ One process per role:
 - `bookkeeping`: RQ's per-job Redis writes in one round trip;
 - `slot`: the shared page through which the supervisor sees the running job;
 - `deaths`: what is recorded when a job process dies; `commands`: RQ's pubsub commands;
+- `abandoned`: the tasks of vanished workers, settled about a minute after they went;
 - `recording`: RQ's own end-of-job methods, counted once for /metrics;
 - `scheduler`: RQ's scheduler, run in the supervisor's loop; `process`: process plumbing and the job code to import.
 """

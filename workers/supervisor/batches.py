@@ -90,6 +90,7 @@ def success_batch(
     worker.increment_total_working_time(ended_at - job.started_at, batch)  # type: ignore[arg-type]
     worker.set_state(WorkerStatus.IDLE, pipeline=batch)  # type: ignore[arg-type]
     batch.best_effort.extend(job_end_commands(job, TaskOutcome.COMPLETED))
+    batch.guard = (job.key, worker.name)  # a late end (its worker was cut off) writes nothing
     return batch
 
 

@@ -76,16 +76,22 @@ local function rewrite(key, changes)
   return redis.call('HSET', key, unpack(fields))
 end
 if ARGV[5] ~= '' and redis.call('SCARD', ARGV[5]) > 0 then return {false, 0, 0} end
-if ARGV[6 + nq] then
-  for _, command in ipairs(cjson.decode(ARGV[6 + nq])) do
+if ARGV[6] ~= '' then
+  local state = redis.call('HMGET', ARGV[6], 'status', 'worker_name')
+  if (state[1] ~= 'started' and state[1] ~= 'canceled') or state[2] ~= ARGV[7] then
+    done = 'refused:' .. tostring(state[1] or 'gone')
+  end
+end
+if ARGV[8 + nq] and not done then
+  for _, command in ipairs(cjson.decode(ARGV[8 + nq])) do
     if command[1] == 'TRUSTCARD.REWRITE' then
       done = rewrite(command[2], command[3])
     else
       done = redis.call(unpack(command))
     end
   end
-  if ARGV[7 + nq] then
-    for _, command in ipairs(cjson.decode(ARGV[7 + nq])) do
+  if ARGV[9 + nq] then
+    for _, command in ipairs(cjson.decode(ARGV[9 + nq])) do
       local reply = redis.pcall(unpack(command))
       if type(reply) == 'table' and reply.err then
         local name = tostring(command[1]) .. ' ' .. tostring(command[2])
@@ -96,7 +102,7 @@ if ARGV[6 + nq] then
 end
 if nq == 0 then return {done} end
 if redis.call('EXISTS', ARGV[4]) == 1 then return {done, 1} end
-for q = 6, 5 + nq do
+for q = 8, 7 + nq do
   local key = ARGV[q]
   while true do
     local id
@@ -119,7 +125,11 @@ return {done}
 # ARGV: number of queues to take a job from (0: none), '1' to use RQ's intermediate list,
 # the job key prefix, the suspension key, a dependents key ('' for none: when that set is
 # not empty the script does nothing and answers so, and the job's success goes through
-# RQ's own transaction, which releases its dependents), the queue keys, then (optional) the batch as
+# RQ's own transaction, which releases its dependents), a guard's job key and worker name
+# ('' for none: the batch runs only while that job reads `started` (or `canceled`: RQ records
+# the end of a job cancelled while it ran) by that worker, else the script skips it and its
+# first answer is "refused:<status>"; see `CommandBatch.guard`),
+# the queue keys, then (optional) the batch as
 # a JSON list of commands, and (optional) its best-effort commands (the counts for
 # /metrics), run under pcall after it: one that fails cannot stop the batch or the
 # script, nor change its answer. One argument instead of a hundred, and the job's hash as one
@@ -138,6 +148,13 @@ class CommandBatch(DataAccessCommands):
         self.commands: list[tuple[Any, ...]] = []
         self.best_effort: list[tuple[Any, ...]] = []
         """Commands whose failure must not fail the batch: the counts for /metrics."""
+        self.guard: tuple[str, str] | None = None
+        """(job key, worker name): run the batch only while that job is `started` (or
+        `canceled` while it ran, whose end RQ still records) by that worker. A job's end comes late when its worker lost Redis for longer than its
+        heartbeat (a network cut): by then the job was settled as abandoned, or retried and
+        run elsewhere, and a late "finished" must not overwrite that. A command that was
+        written to a socket before the cut may also reach Redis minutes later, when the link
+        returns (TCP retransmits it), so the check is in the script, next to the writes."""
 
     def execute_command(self, *args: Any, **options: Any) -> CommandBatch:
         self.commands.append(args)
@@ -201,6 +218,8 @@ class Bookkeeper:
         self._script = connection.register_script(_SCRIPT)
         self._waiting: Connection | None = None
         self._waiting_client = 0
+        self.refused: str | None = None
+        """The status of the job whose batch the last `run` refused (its guard), else None."""
 
     def run(
         self, batch: CommandBatch | None, queues: list[Queue] | None, dependents_key: str = "",
@@ -209,15 +228,19 @@ class Bookkeeper:
         """Run `batch` (if any), then take the next job off `queues` (if given) without
         blocking. Returns the job, `SUSPENDED` or None; `HAS_DEPENDENTS` (nothing run,
         nothing taken) when the set at `dependents_key` is not empty. With `after` (a job's
-        start, not received yet) it goes on that connection, behind it: one wait for both."""
+        start, not received yet) it goes on that connection, behind it: one wait for both.
+        When the batch's guard refused it, `refused` is the job's status then (else None); the
+        take goes on."""
         keys = [queue.key for queue in queues] if queues else []
+        guard = batch.guard if batch is not None and batch.guard else ("", "")
         args: list[Any] = [
             len(keys), "1" if self.use_intermediate else "0", self.job_class.redis_job_namespace_prefix,
-            WORKERS_SUSPENDED, dependents_key, *keys,
+            WORKERS_SUSPENDED, dependents_key, *guard, *keys,
         ]
         if batch is not None:
             args.extend(batch.script_args())
         answer = self._script(args=args) if after is None else self._run_after(after, args)
+        self.refused = _refused_status(answer[0]) if len(answer) != 3 else None
         if len(answer) == 1:
             return None
         if len(answer) == 2:
@@ -233,7 +256,7 @@ class Bookkeeper:
         soon as it reads it, before the job's own commands, which come later."""
         pool = self.connection.connection_pool
         connection = pool.get_connection()
-        args = [0, "0", self.job_class.redis_job_namespace_prefix, WORKERS_SUSPENDED, "", *batch.script_args()]
+        args = [0, "0", self.job_class.redis_job_namespace_prefix, WORKERS_SUSPENDED, "", "", "", *batch.script_args()]
         try:
             connection.send_command("EVALSHA", self._script.sha, 0, *args)
         except BaseException:
@@ -337,6 +360,13 @@ class Bookkeeper:
         job = self.job_class(id_text, connection=self.connection, serializer=self.serializer)
         job.restore(raw)
         return Dequeued(job, self.queues_by_key[key_text], raw)
+
+
+def _refused_status(first: Any) -> str | None:
+    """The job status in the script's "refused:<status>" answer, None for any other answer."""
+    if isinstance(first, bytes) and first.startswith(b"refused:"):
+        return first[len(b"refused:"):].decode()
+    return None
 
 
 def _split_hash(sizes: bytes, joined: bytes) -> dict[bytes, bytes]:

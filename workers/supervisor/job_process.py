@@ -151,7 +151,10 @@ class JobProcess:
             popped = found.job.id if isinstance(found, Dequeued) else ""
             if succeeded is not None:
                 self.slot.end(popped)
-                _log_success(succeeded.job)
+                if book.refused is None:
+                    _log_success(succeeded.job)
+                else:
+                    self._discard_late_end(succeeded.job, book.refused)
                 succeeded = None
             elif popped:
                 self.slot.set_popped(popped)
@@ -284,7 +287,14 @@ class JobProcess:
         self.book.receive(sent)
         try:
             if failure is None:
-                host.finish_success(job, queue, execution, return_value)
+                if (settled := host.settled_without_me(job)) is not None:
+                    host.executions.pop(execution.id, None)
+                    self._discard_late_end(job, settled)
+                else:
+                    host.finish_success(job, queue, execution, return_value)
+            elif (settled := host.settled_without_me(job)) is not None:
+                host.executions.pop(execution.id, None)
+                self._discard_late_end(job, settled)
             else:
                 host.finish_failure(job, queue, execution, failure)
                 host.set_state(WorkerStatus.IDLE)
@@ -322,6 +332,11 @@ class JobProcess:
         self.host.executions[execution.id] = execution
         with task_log_context(job):
             try:
+                if (settled := self.host.settled_without_me(job)) is not None:
+                    self.host.executions.pop(execution.id, None)
+                    self._discard_late_end(job, settled)
+                    self.slot.end()
+                    return
                 self.host.finish_success(job, queue, execution, succeeded.return_value)
             except REDIS_DOWN as error:
                 log.error("task %s: lost Redis while recording its end (%s)", job.id, error)
@@ -333,6 +348,20 @@ class JobProcess:
                 self.host.finish_failure(job, queue, execution, sys.exc_info())
             self.host.set_state(WorkerStatus.IDLE)
         self.slot.end()
+
+    def _discard_late_end(self, job: Job, status: str) -> None:
+        """The job ended here after it had been settled without us (this worker was cut off
+        from Redis past its heartbeat, so it was failed as abandoned, or retried elsewhere):
+        its result or its failure is dropped, and the settled end stands."""
+        with task_log_context(job):
+            log.warning(
+                "task %s: ended here after it had been settled as %s while this worker was "
+                "unreachable; this end is discarded", job.id, status,
+            )
+        try:
+            self.host.set_state(WorkerStatus.IDLE)
+        except REDIS_DOWN:
+            pass  # the next job's start writes the worker's state again
 
     def _let_go(self, job: Job, queue: Queue, remove_from_intermediate: bool) -> None:
         """A job taken but ended without running: off the intermediate list and the slot."""

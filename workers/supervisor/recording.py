@@ -58,6 +58,14 @@ JOB_MONITORING_INTERVAL_SECONDS = 5
 """Busy heartbeat: the worker's key lives this long + 60 s while a job runs."""
 
 
+_STILL_RUNNING = (JobStatus.STARTED.value, JobStatus.CANCELED.value)
+"""Statuses under which the worker that started a job still records its end."""
+
+
+def _as_text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RecordingWorker(Worker):
     """RQ's `Worker`, JSON only, whose recorded ends are counted once; see the module docstring."""
 
@@ -107,6 +115,11 @@ class RecordingWorker(Worker):
             return
         if status != JobStatus.STARTED:
             return
+        if self.settled_without_me(job) is not None:
+            # Settled as abandoned while this worker was unreachable, then retried, and now
+            # started by another worker: that run is not ours to fail.
+            self.log.info("task %s is being run by another worker now; leaving it alone", job.id)
+            return
         self.handle_job_failure(job, queue=queue, exc_string=failures.REDIS_LOST.render())
 
     def recover_after_failover(self) -> list[tuple[Job, Queue]]:
@@ -153,6 +166,18 @@ class RecordingWorker(Worker):
         except (NoSuchJobError, InvalidJobOperation, DeserializationError):
             return None
 
+    def settled_without_me(self, job: Job) -> str | None:
+        """None while `job` is still `started` by this worker (or `canceled` while it ran:
+        RQ records such a job's end, and keeps its dependents deferred); else its status now
+        ("gone" when Redis no longer has it). A worker cut off from Redis past its heartbeat finds
+        its job settled without it (failed as abandoned, or retried and started elsewhere),
+        and must not record an end over that. The plain success path checks the same inside
+        its script (`CommandBatch.guard`); RQ's own end paths ask this first."""
+        status, worker_name = self.connection.hmget(job.key, "status", "worker_name")
+        if _as_text(status) in _STILL_RUNNING and _as_text(worker_name) == self.name:
+            return None
+        return _as_text(status) or "gone"
+
     def hand_back(self, job: Job, queue: Queue, execution: Execution) -> None:
         """Fail the interrupted job with its reason, then requeue it so another worker runs it."""
         self._handing_back_job_id = job.id  # not an end: another worker runs it
@@ -169,9 +194,18 @@ class RecordingWorker(Worker):
             self.log.exception("task %s could not be requeued; it stays failed", job.id)
 
     def keep_heartbeats(self, job: Job, execution: Execution) -> None:
-        """Heartbeats while a job runs; a Redis outage must not orphan the job process."""
+        """Heartbeats while a job runs; a Redis outage must not orphan the job process.
+
+        After a network cut longer than the worker's key lives, any reader of RQ's workers set
+        (`Worker.all()`, the dashboard) drops this worker: RQ's busy heartbeat writes its key
+        back but not its place in that set, so it would run jobs unseen. It registers again.
+        (RQ's job heartbeat touches the started registry only where the entry still exists,
+        so a job settled meanwhile is not put back there.)"""
         try:
+            registered = self._still_registered()
             self.maintain_heartbeats(job, execution)
+            if not registered and self.birth_date is not None:
+                self._register_again(self.job_monitoring_interval + 60)  # RQ's busy heartbeat's TTL
         except REDIS_DOWN as error:
             self.log.warning("task %s: heartbeat failed, Redis unreachable (%s)", job.id, error)
 
@@ -248,19 +282,30 @@ class RecordingWorker(Worker):
             super().heartbeat(timeout, pipeline)
             return
         try:
-            known = self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            known = self._still_registered()
             super().heartbeat(timeout)
             if not known and self.birth_date is not None:
                 self._register_again()
         except REDIS_DOWN as error:
             self.log.warning("heartbeat failed, Redis unreachable (%s)", error)
 
-    def _register_again(self) -> None:
+    def _still_registered(self) -> bool:
+        """Redis still has this worker: in the workers' set and its key alive. A worker cut off
+        from Redis past its TTL (a network cut) comes back to a key that has expired and a set
+        that may or may not list it still: RQ's idle heartbeat alone would then leave a key of
+        one field, and its busy one a key that no reader of the set finds."""
+        with self.connection.pipeline(transaction=False) as pipeline:
+            pipeline.sismember(worker_registration.REDIS_WORKER_KEYS, self.key)
+            pipeline.exists(self.key)
+            listed, alive = pipeline.execute()
+        return bool(listed) and bool(alive)
+
+    def _register_again(self, ttl: int | None = None) -> None:
         self.log.warning("worker %s: Redis forgot this worker; registering again", self.name)
         with self.connection.pipeline() as pipeline:
             pipeline.hset(self.key, mapping=self.serialize())
             worker_registration.register(self, pipeline)
-            pipeline.expire(self.key, self.worker_ttl + 60)
+            pipeline.expire(self.key, ttl or self.worker_ttl + 60)
             pipeline.execute()
 
     def teardown(self) -> None:

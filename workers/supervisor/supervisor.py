@@ -13,6 +13,8 @@ itself with lean bookkeeping, and stays as the supervisor that RQ's parent proce
 - `send_stop_job_command` (the API's cancel) kills the job process; the job ends STOPPED;
 - a job process that dies (OOM killer, segfault, `os._exit`) fails its job with the
   signal that killed it, within moments (`deaths`); a fresh job process takes over;
+- the tasks of a worker that vanished (killed, or its host cut off) are failed as abandoned,
+  or retried, about a minute after its last heartbeat (`abandoned`), read or not;
 - it replaces the job process after `WORKER_MAX_JOBS_PER_CHILD` jobs (default 50, as
   the old Celery service did) or when its peak memory passes `WORKER_MAX_CHILD_MEMORY_MB`;
 - on SIGTERM it takes no new job, gives the running one `WORKER_SHUTDOWN_GRACE` seconds,
@@ -31,6 +33,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.worker import DequeueStrategy, WorkerStatus
@@ -38,6 +41,8 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from trustcard import rq_seams
 from trustcard.failures import KillReason
 from workers.supervisor import process
+from workers.supervisor.abandoned import CHECK_SECONDS as ABANDONED_CHECK_SECONDS
+from workers.supervisor.abandoned import settle_abandoned
 from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
@@ -74,6 +79,7 @@ class JobProcessSupervisor(CommandsMixin):
         self._wakeup_read: int | None = None
         self._next_heartbeat = 0.0
         self._respawn_pause = 0.0
+        self._next_abandoned_check = 0.0
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
         self._handed_back_seq: int | None = None
@@ -144,7 +150,7 @@ class JobProcessSupervisor(CommandsMixin):
                 return
 
     def _tick(self) -> None:
-        """Hard limit, shutdown grace, heartbeats, maintenance."""
+        """Hard limit, shutdown grace, heartbeats, abandoned tasks, maintenance."""
         assert self.job_process is not None
         slot = self.job_process.slot
         view = slot.read()
@@ -162,8 +168,18 @@ class JobProcessSupervisor(CommandsMixin):
             self._heartbeat_for(view, moment)
         if isinstance(self.scheduler, InProcessScheduler) and not rq_seams.stop_requested(self):
             self.scheduler.tick(moment)
+        if moment >= self._next_abandoned_check:
+            self._next_abandoned_check = moment + ABANDONED_CHECK_SECONDS
+            self._settle_abandoned()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
+
+    def _settle_abandoned(self) -> None:
+        """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes."""
+        try:
+            settle_abandoned(self)
+        except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
+            self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
     def _obey_stop(self, slot: JobSlot, view: SlotView, moment: float) -> None:
         """No new job; an idle job process's wait ends now; a running job gets its grace."""
