@@ -78,7 +78,7 @@ def test_a_stream_shows_an_update_per_stage_transition_and_the_end(stack_and_web
 def test_a_reconnect_with_last_event_id_mid_pipeline_misses_nothing(stack_and_web: tuple[Stack, WebProcess]) -> None:
     _, web = stack_and_web
     url, shortcode = post()
-    probe_file("sleep", shortcode, "2")
+    probe_file("sleep", shortcode, "1")
     analysis_id = submit(web, url)
     before: list[dict[str, Any]] = []
     with requests.get(f"{web.url}/analyses/{analysis_id}/events", stream=True, timeout=60) as response:
