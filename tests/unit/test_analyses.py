@@ -491,3 +491,48 @@ def test_a_stage_that_stored_its_output_but_died_before_handing_on_is_handed_on_
     assert ended["status"] == "completed", ended
     assert ended["stages"][0]["output"] == {"caption": "stored"}
     assert [stage["status"] for stage in ended["stages"]] == ["completed"] * len(ended["stages"])
+
+
+def test_a_quiet_stream_sends_a_heartbeat_with_events_heartbeat_seconds_short(
+    client: FlaskClient, app: Flask
+) -> None:
+    from trustcard.api.analysis_stream import AnalysisStream
+
+    analysis = submit(client)  # nothing runs it: the stream stays quiet
+    with app.app_context():
+        stream = AnalysisStream(app.extensions["trustcard.analysis_service"], app.extensions["trustcard.events"],
+                                analysis["id"], None, heartbeat_seconds=0.2)
+        events = stream.events()
+        assert next(events).startswith(b"event: state")
+        started = time.monotonic()
+        assert next(events) == b": keep-alive\n\n"
+        assert 0.15 <= time.monotonic() - started < 5
+        stream.close()
+
+
+class _NoHub:
+    """An event hub whose listener cannot reach Redis."""
+
+    def register(self, key: str) -> Any:
+        from trustcard.exceptions import QueueUnavailable
+
+        raise QueueUnavailable("no Redis")
+
+    def unregister(self, waiter: Any) -> None:
+        raise AssertionError("nothing was registered")
+
+
+def test_without_the_event_hub_the_stream_reads_the_row_and_still_ends(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis
+) -> None:
+    from trustcard.api.analysis_stream import AnalysisStream
+
+    analysis = submit(client)
+    with app.app_context():
+        stream = AnalysisStream(app.extensions["trustcard.analysis_service"], _NoHub(),  # type: ignore[arg-type]
+                                analysis["id"], None, heartbeat_seconds=15)
+        events = stream.events()
+        next(events)
+        work(redis)
+        rest = _blocks(b"".join(events))
+    assert [b["event"] for b in rest] == ["update"] * 10 + ["end"]
