@@ -8,6 +8,8 @@ runs the stages on both).
 from __future__ import annotations
 
 import os
+import time
+from datetime import datetime
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,17 @@ def test_a_reconnect_with_last_event_id_mid_pipeline_misses_nothing(stack_and_we
     done = requests.get(f"{web.url}/analyses/{analysis_id}/events", headers={"Last-Event-ID": after[-1]["id"]},
                         timeout=10)
     assert done.status_code == 204
+
+
+def test_wait_answers_within_a_second_of_the_end_woken_by_the_announcement(
+    stack_and_web: tuple[Stack, WebProcess],
+) -> None:
+    _, web = stack_and_web
+    url, shortcode = post()
+    probe_file("sleep", shortcode, "1")
+    analysis_id = submit(web, url)
+    response = requests.get(f"{web.url}/analyses/{analysis_id}", params={"wait": 20}, timeout=30)
+    answered = time.time()
+    assert response.status_code == 200 and response.json()["status"] == "completed", response.text
+    ended = datetime.fromisoformat(response.json()["ended_at"].replace("Z", "+00:00")).timestamp()
+    assert answered - ended < 1.0  # the quiet reader's safety read comes only every 3 s
