@@ -23,7 +23,7 @@ from rq.timeouts import JobTimeoutException
 
 from trustcard.analyses import records
 from trustcard.analyses.callback import deliver_if_ended
-from trustcard.analyses.events import announce
+from trustcard.analyses.events import RETRY_MARK, announce
 from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
 from trustcard.analyses.stages import TRUST_STAGE, Stage, find
 from trustcard.config import load_settings
@@ -168,7 +168,7 @@ def _fail(row: Analysis, entries: records.StageEntries, stage: str, reason: str,
     if entry["status"] != "running":
         return
     if not final:  # RQ runs it again by its retry policy
-        entry["error"] = f"{reason} (to be retried)"
+        entry["error"] = f"{reason} {RETRY_MARK}"
         return
     entry.update(status="failed", error=reason, ended_at=_now())
     if row.status in ("pending", "running"):

@@ -536,3 +536,19 @@ def test_without_the_event_hub_the_stream_reads_the_row_and_still_ends(
         work(redis)
         rest = _blocks(b"".join(events))
     assert [b["event"] for b in rest] == ["update"] * 10 + ["end"]
+
+
+def test_a_cancel_mid_pipeline_ends_the_stream_after_the_transitions_so_far(
+    client: FlaskClient, redis: fakeredis.FakeRedis
+) -> None:
+    analysis = submit(client)
+    work(redis, "ingest")  # content done; ai_detection waits on models
+    assert client.delete(f"/analyses/{analysis['id']}").status_code == 200
+    replay = _blocks(client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "0"}).data)
+    assert [(b["event"], b["id"]) for b in replay] == [("update", 2), ("update", 4), ("end", 5)]
+    assert replay[-1]["data"]["status"] == "cancelled"
+    assert client.post(f"/analyses/{analysis['id']}/retry").status_code == 202
+    work(redis)
+    resumed = _blocks(client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "5"}).data)
+    assert [b["id"] for b in resumed] == [*range(6, 21, 2), 21]  # after the old end, nothing missed
+    assert resumed[0]["data"]["transition"] == {"stage": "ai_detection", "index": 1, "run": 1, "status": "running"}
