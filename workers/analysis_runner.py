@@ -23,6 +23,7 @@ from rq.timeouts import JobTimeoutException
 
 from trustcard.analyses import records
 from trustcard.analyses.callback import deliver_if_ended
+from trustcard.analyses.events import RETRY_MARK, announce
 from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
 from trustcard.analyses.stages import TRUST_STAGE, Stage, find
 from trustcard.config import load_settings
@@ -71,6 +72,7 @@ def run_stage(analysis_id: str, stage: str) -> dict[str, Any]:
     if action == "skip":
         return {"analysis_id": analysis_id, "stage": stage, "ran": False, "reason": "analysis not under way"}
     if action == "run":
+        announce(_connection(job), analysis_id)
         report_progress(position[0] * 100 // position[1], declared.label, analysis_id=analysis_id, analysis_stage=stage)
         output = _run(declared, job, engine, analysis_id, url, found)
         next_job = records.change_durably(
@@ -80,6 +82,7 @@ def run_stage(analysis_id: str, stage: str) -> dict[str, Any]:
         next_job = records.change_durably(
             engine, analysis_id, lambda row, entries: _next_job(row, entries, stage), _write_deadline(declared)
         )
+    announce(_connection(job), analysis_id)
     if next_job is not None:
         _hand_off(job, analysis_id, *next_job)
     else:
@@ -108,6 +111,7 @@ def _record_failure(engine: Any, declared: Stage, job: Job | None, analysis_id: 
         engine, analysis_id, lambda row, entries: _fail(row, entries, declared.name, reason, final),
         _write_deadline(declared),
     )
+    announce(_connection(job), analysis_id)
     if final:
         deliver_if_ended(engine, _connection(job), analysis_id)
 
@@ -164,7 +168,7 @@ def _fail(row: Analysis, entries: records.StageEntries, stage: str, reason: str,
     if entry["status"] != "running":
         return
     if not final:  # RQ runs it again by its retry policy
-        entry["error"] = f"{reason} (to be retried)"
+        entry["error"] = f"{reason} {RETRY_MARK}"
         return
     entry.update(status="failed", error=reason, ended_at=_now())
     if row.status in ("pending", "running"):

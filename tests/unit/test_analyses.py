@@ -358,32 +358,108 @@ def test_a_stage_whose_job_failed_without_recording_fails_the_analysis_when_read
     assert failed["stages"][0]["status"] == "failed"
 
 
-def test_events_stream_the_state_each_change_and_the_end(
-    client: FlaskClient, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+def _blocks(body: bytes) -> list[dict[str, Any]]:
+    """The events of a stream's body: name, id and data of each."""
+    found = []
+    for block in body.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if "event" in lines:
+            found.append({"event": lines["event"], "id": int(lines["id"]), "data": json.loads(lines["data"])})
+    return found
+
+
+def test_events_replay_every_transition_after_each_possible_last_event_id(
+    client: FlaskClient, redis: fakeredis.FakeRedis
 ) -> None:
-    from trustcard.api import analysis_stream
+    analysis = submit(client)
+    work(redis)
+    fresh = _blocks(client.get(f"/analyses/{analysis['id']}/events").data)
+    assert [(b["event"], b["id"]) for b in fresh] == [("state", 20), ("end", 21)]
+    assert fresh[-1]["data"]["status"] == "completed"
+    everything = _blocks(client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "0"}).data)
+    updates = [b for b in everything if b["event"] == "update"]
+    assert [b["id"] for b in updates] == list(range(2, 21, 2))
+    assert [(b["data"]["transition"]["stage"], b["data"]["transition"]["status"]) for b in updates] == [
+        (name, status) for name in ("content", "ai_detection", "deepfake_detection", "fact_check", "trust")
+        for status in ("running", "completed")]
+    for after in range(0, 21):
+        replay = _blocks(client.get(f"/analyses/{analysis['id']}/events",
+                                    headers={"Last-Event-ID": str(after)}).data)
+        assert [b["id"] for b in replay] == [b["id"] for b in everything if b["id"] > after], after
+    assert client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "21"}).status_code == 204
+    bad = client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "yesterday"})
+    assert bad.status_code == 422 and bad.get_json()["problems"][0]["parameter"] == "Last-Event-ID"
+    assert client.get("/analyses/nope/events").status_code == 404
+
+
+def test_a_live_stream_sends_one_update_per_transition_even_when_written_between_two_reads(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis
+) -> None:
+    from trustcard.api.analysis_stream import AnalysisStream
 
     analysis = submit(client)
-    polls = {"count": 0}
-    real_sleep = analysis_stream.time.sleep
+    with app.app_context():
+        stream = AnalysisStream(app.extensions["trustcard.analysis_service"], app.extensions["trustcard.events"],
+                                analysis["id"], None, heartbeat_seconds=15)
+        events = stream.events()
+        first = next(events)
+        assert first.startswith(b"event: state\nid: 0\n")
+        work(redis)  # ten transitions and the end, all before the stream reads again
+        rest = _blocks(b"".join(events))
+    assert [b["event"] for b in rest] == ["update"] * 10 + ["end"]
+    assert [b["id"] for b in rest] == [*range(2, 21, 2), 21]
 
-    def step(seconds: float) -> None:  # each poll of the stream lets one job run
-        polls["count"] += 1
-        worker = SimpleWorker([Queue(n, connection=redis, serializer=JSONSerializer) for n in QUEUE_NAMES],
-                              connection=redis, serializer=JSONSerializer)
-        worker.work(burst=True, max_jobs=1)
-        real_sleep(0)
 
-    monkeypatch.setattr(analysis_stream.time, "sleep", step)
-    response = client.get(f"/analyses/{analysis['id']}/events")
-    assert response.status_code == 200 and response.mimetype == "text/event-stream"
-    events = [block for block in response.get_data(as_text=True).split("\n\n") if block.startswith("event:")]
-    names = [block.splitlines()[0].removeprefix("event: ") for block in events]
-    assert names[0] == "state" and names[-1] == "end" and set(names[1:-1]) == {"update"}
-    assert [int(block.splitlines()[1].removeprefix("id: ")) for block in events] == list(range(1, len(events) + 1))
-    assert json.loads(events[-1].splitlines()[2].removeprefix("data: "))["status"] == "completed"
-    assert len(names) == 6  # state, one update per stage before the last, end
-    assert client.get("/analyses/nope/events").status_code == 404
+def test_the_stream_wakes_on_the_announcement_not_on_a_poll(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustcard.api import analysis_stream
+    from trustcard.analyses.events import announce
+
+    monkeypatch.setattr(analysis_stream, "SAFETY_READ_SECONDS", 60.0)
+    analysis = submit(client)
+    with app.app_context():
+        stream = analysis_stream.AnalysisStream(app.extensions["trustcard.analysis_service"], app.extensions["trustcard.events"],
+                                                analysis["id"], None, heartbeat_seconds=15)
+        events = stream.events()
+        next(events)
+        work(redis, "ingest")  # announces each write of the content stage
+        started = time.monotonic()
+        woken = next(events)
+        assert time.monotonic() - started < 5 and b"event: update\nid: 2\n" in woken
+        assert b"id: 4" in next(events)
+        stream.close()
+    waiter = app.extensions["trustcard.events"].register("analysis-" + analysis["id"])
+    announce(redis, analysis["id"])
+    assert waiter.wait(5) == ["written"]
+    app.extensions["trustcard.events"].unregister(waiter)
+
+
+def test_wait_wakes_on_the_announcement_of_the_end(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from trustcard.analyses.events import announce
+    from trustcard.api import analysis_stream
+
+    monkeypatch.setattr(analysis_stream, "SAFETY_READ_SECONDS", 60.0)
+    analysis = submit(client)
+    engine = app.extensions["trustcard.engine"]
+
+    def end_it() -> None:  # as the last stage's write does, then its announcement
+        def apply(row: Any, entries: records.StageEntries) -> None:
+            row.status, row.ended_at = "completed", records.utcnow()
+
+        records.change(engine, analysis["id"], apply)
+        announce(redis, analysis["id"])
+
+    timer = threading.Timer(0.3, end_it)
+    timer.start()
+    started = time.monotonic()
+    assert client.get(f"/analyses/{analysis['id']}?wait=20").get_json()["status"] == "completed"
+    assert time.monotonic() - started < 5
+    timer.join()
 
 
 def test_a_stage_that_stored_its_output_but_died_before_handing_on_is_handed_on_when_read(
@@ -415,3 +491,64 @@ def test_a_stage_that_stored_its_output_but_died_before_handing_on_is_handed_on_
     assert ended["status"] == "completed", ended
     assert ended["stages"][0]["output"] == {"caption": "stored"}
     assert [stage["status"] for stage in ended["stages"]] == ["completed"] * len(ended["stages"])
+
+
+def test_a_quiet_stream_sends_a_heartbeat_with_events_heartbeat_seconds_short(
+    client: FlaskClient, app: Flask
+) -> None:
+    from trustcard.api.analysis_stream import AnalysisStream
+
+    analysis = submit(client)  # nothing runs it: the stream stays quiet
+    with app.app_context():
+        stream = AnalysisStream(app.extensions["trustcard.analysis_service"], app.extensions["trustcard.events"],
+                                analysis["id"], None, heartbeat_seconds=0.2)
+        events = stream.events()
+        assert next(events).startswith(b"event: state")
+        started = time.monotonic()
+        assert next(events) == b": keep-alive\n\n"
+        assert 0.15 <= time.monotonic() - started < 5
+        stream.close()
+
+
+class _NoHub:
+    """An event hub whose listener cannot reach Redis."""
+
+    def register(self, key: str) -> Any:
+        from trustcard.exceptions import QueueUnavailable
+
+        raise QueueUnavailable("no Redis")
+
+    def unregister(self, waiter: Any) -> None:
+        raise AssertionError("nothing was registered")
+
+
+def test_without_the_event_hub_the_stream_reads_the_row_and_still_ends(
+    client: FlaskClient, app: Flask, redis: fakeredis.FakeRedis
+) -> None:
+    from trustcard.api.analysis_stream import AnalysisStream
+
+    analysis = submit(client)
+    with app.app_context():
+        stream = AnalysisStream(app.extensions["trustcard.analysis_service"], _NoHub(),  # type: ignore[arg-type]
+                                analysis["id"], None, heartbeat_seconds=15)
+        events = stream.events()
+        next(events)
+        work(redis)
+        rest = _blocks(b"".join(events))
+    assert [b["event"] for b in rest] == ["update"] * 10 + ["end"]
+
+
+def test_a_cancel_mid_pipeline_ends_the_stream_after_the_transitions_so_far(
+    client: FlaskClient, redis: fakeredis.FakeRedis
+) -> None:
+    analysis = submit(client)
+    work(redis, "ingest")  # content done; ai_detection waits on models
+    assert client.delete(f"/analyses/{analysis['id']}").status_code == 200
+    replay = _blocks(client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "0"}).data)
+    assert [(b["event"], b["id"]) for b in replay] == [("update", 2), ("update", 4), ("end", 5)]
+    assert replay[-1]["data"]["status"] == "cancelled"
+    assert client.post(f"/analyses/{analysis['id']}/retry").status_code == 202
+    work(redis)
+    resumed = _blocks(client.get(f"/analyses/{analysis['id']}/events", headers={"Last-Event-ID": "5"}).data)
+    assert [b["id"] for b in resumed] == [*range(6, 21, 2), 21]  # after the old end, nothing missed
+    assert resumed[0]["data"]["transition"] == {"stage": "ai_detection", "index": 1, "run": 1, "status": "running"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from trustcard.analyses import listing, records
 from trustcard.analyses.callback import deliver_if_ended
+from trustcard.analyses.events import announce
 from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
 from trustcard.analyses.stages import find, stages
 from trustcard.analyses.urls import PostURLRefused, parse_post_url
@@ -50,7 +50,6 @@ SUBMISSION = JobType(name="analyses", function="", params=NoParams, summary="POS
 """What an Idempotency-Key of an analysis is claimed for (never enqueued)."""
 CANCELLED = "Cancelled on request."
 ENDED = ("completed", "failed", "cancelled")
-WAIT_POLL_SECONDS = 0.2
 
 
 def database_required(method: Callable[P, R]) -> Callable[P, R]:
@@ -157,21 +156,11 @@ class AnalysisService:
             row.failed_stage = next((e["name"] for e in entries if e["status"] != "completed"), None)
 
         records.change(self.engine, analysis_id, apply)
+        announce(self.connection, analysis_id)
 
     @database_required
     def get(self, analysis_id: str) -> dict[str, Any]:
         return analysis_view(self._reconciled(self._row(analysis_id)))
-
-    def wait_for_end(self, analysis_id: str, seconds: float) -> dict[str, Any]:
-        """The analysis once it has ended, or after `seconds` as it is then. The row is read
-        every `WAIT_POLL_SECONDS` (one indexed read; under gevent the sleep yields)."""
-        deadline = time.monotonic() + seconds
-        while True:
-            view = self.get(analysis_id)
-            remaining = deadline - time.monotonic()
-            if view["status"] in ENDED or remaining <= 0:
-                return view
-            time.sleep(min(WAIT_POLL_SECONDS, remaining))
 
     def _row(self, analysis_id: str) -> Analysis:
         row = records.read(self.engine, analysis_id) if len(analysis_id) <= 64 else None
@@ -203,6 +192,7 @@ class AnalysisService:
                 locked.error = f"Stage {entry['name']} failed: {task.error}"
 
         records.change(self.engine, row.id, apply)
+        announce(self.connection, row.id)
         deliver_if_ended(self.engine, self.connection, row.id)
         return self._row(row.id)
 
@@ -259,6 +249,7 @@ class AnalysisService:
                 self.tasks.cancel(job_id)
             except (TaskNotFound, TaskAlreadyEnded):
                 pass  # never enqueued yet, or ended in the same moment: its stage reads the row
+        announce(self.connection, analysis_id)
         deliver_if_ended(self.engine, self.connection, analysis_id)
         log.info("analysis %s cancelled", analysis_id)
         return analysis_view(self._row(analysis_id))
@@ -292,6 +283,7 @@ class AnalysisService:
             raise AnalysisNotRetryable(
                 f"Another analysis of this post is under way; analysis {analysis_id} cannot resume now.") from None
         assert stage_name is not None
+        announce(self.connection, analysis_id)
         try:
             self._enqueue(analysis_id, stage_name, job_id)
         except BaseException as error:

@@ -8,13 +8,21 @@ from trustcard.analyses.listing import MAX_PAGE, STATUSES
 from trustcard.analyses.service import AnalysisService
 from trustcard.analyses.urls import MAX_URL_LENGTH
 from trustcard.api import analysis_schemas as schemas
+from trustcard.api.event_hub import EventHub
 from trustcard.api.auth import API_KEY_GUARD, client_identity, request_id, require_api_key
 from trustcard.api.operations import Answer, Header, Operation, Parameter, Raises, documented
 from trustcard.api.ratelimit import add_rate_limit_headers, limit_submissions
 from trustcard.api.task_routes import IDEMPOTENCY_KEY, _idempotency_key
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH as MAX_CALLBACK_LENGTH
-from trustcard.api.analysis_stream import analysis_events
-from trustcard.api.task_stream import STREAM_HEADERS, wait_parameter, wait_seconds
+from trustcard.api.analysis_stream import AnalysisStream, wait_for_end
+from trustcard.api.task_stream import (
+    LAST_EVENT_ID_HEADER,
+    LAST_EVENT_ID_PARAMETER,
+    STREAM_HEADERS,
+    last_event_id,
+    wait_parameter,
+    wait_seconds,
+)
 from trustcard.exceptions import (
     AnalysisAlreadyEnded,
     AnalysisNotFound,
@@ -139,7 +147,7 @@ def read(analysis_id: str) -> Response:
     wait = wait_seconds(request.args.get("wait"))
     if wait is None:
         return jsonify(_service().get(analysis_id))
-    return jsonify(_service().wait_for_end(analysis_id, wait))
+    return jsonify(wait_for_end(_service(), _event_hub(), analysis_id, wait))
 
 
 @bp.get("/<analysis_id>/events")
@@ -151,23 +159,37 @@ def read(analysis_id: str) -> Response:
         {
             200: Answer(
                 "Server-Sent Events until the analysis ends: `event: state` (the analysis, as GET "
-                "/analyses/{analysis_id} answers it) at once, `event: update` each time its record changes (a "
-                "stage starts or ends), `event: end` with the final view, then the stream closes. A comment "
-                "(`: keep-alive`) every EVENTS_HEARTBEAT_SECONDS while nothing changes.",
+                "/analyses/{analysis_id} answers it) at once; `event: update` for each stage transition, in "
+                "order, never two in one (the analysis as read then, plus `transition`: `stage`, `index`, "
+                "`run`, `status` one of running, completed, failed, cancelled, retried); `event: end` with "
+                "the final view, then the stream closes. Each event has an `id:` (a transition's is even, "
+                "the end's odd); a client reconnecting with `Last-Event-ID` gets every transition after "
+                "it, then the stream goes on (204 when it already had the end). A comment (`: keep-alive`) "
+                "every EVENTS_HEARTBEAT_SECONDS while nothing changes.",
                 {"type": "string"},
                 media_type="text/event-stream",
             ),
+            204: Answer("The `Last-Event-ID` given is the end's: the analysis has ended, nothing is left."),
         },
-        parameters=(ANALYSIS_ID,),
-        raises=(AnalysisNotFound, DatabaseUnavailable),
+        parameters=(ANALYSIS_ID, LAST_EVENT_ID_PARAMETER),
+        raises=(AnalysisNotFound, Raises(ValidationFailed, f"`{LAST_EVENT_ID_HEADER}` is not a whole number"),
+                DatabaseUnavailable),
         guard=API_KEY_GUARD,
     )
 )
 def events(analysis_id: str) -> Response:
-    first = _service().get(analysis_id)  # before the answer starts: an unknown id is a 404
+    after = last_event_id(request.headers.get(LAST_EVENT_ID_HEADER))
     heartbeat = current_app.config["TRUSTCARD_SETTINGS"].events_heartbeat_seconds
-    stream = analysis_events(_service(), first, heartbeat)
-    return Response(stream_with_context(stream), mimetype="text/event-stream", headers=STREAM_HEADERS)
+    stream = AnalysisStream(_service(), _event_hub(), analysis_id, after, heartbeat)  # a 404 is a 404
+    if stream.already_delivered:
+        stream.close()
+        return Response(status=204)
+    return Response(stream_with_context(stream.events()), mimetype="text/event-stream", headers=STREAM_HEADERS)
+
+
+def _event_hub() -> EventHub:
+    hub: EventHub = current_app.extensions["trustcard.events"]
+    return hub
 
 
 @bp.delete("/<analysis_id>")
