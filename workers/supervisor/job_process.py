@@ -142,6 +142,7 @@ class JobProcess:
                 self._wait_for_redis()
                 if unrecorded is not None:
                     self._recover_after_outage(unrecorded.job, unrecorded.queue)
+                    self._discard_if_settled_without_me(unrecorded.job)
                 continue
             if found == HAS_DEPENDENTS:
                 assert succeeded is not None
@@ -362,6 +363,17 @@ class JobProcess:
             self.host.set_state(WorkerStatus.IDLE)
         except REDIS_DOWN:
             pass  # the next job's start writes the worker's state again
+
+    def _discard_if_settled_without_me(self, job: Job) -> None:
+        """A success whose end could not be sent (Redis unreachable): if the task was settled
+        without this worker meanwhile (failed as abandoned, or retried elsewhere), its end is
+        dropped and said so, as when the end's script refuses it."""
+        try:
+            settled = self.host.settled_without_me(job)
+        except REDIS_DOWN:
+            return
+        if settled is not None:
+            self._discard_late_end(job, settled)
 
     def _let_go(self, job: Job, queue: Queue, remove_from_intermediate: bool) -> None:
         """A job taken but ended without running: off the intermediate list and the slot."""
