@@ -160,15 +160,9 @@ class PeakMemory:
 
     def _sample(self) -> None:
         total = pss = 0
-        for pid in self.pids:
-            try:
-                root = psutil.Process(pid)
-                processes = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-            for process in processes:
-                total += _proc_kb(process.pid, "status", "VmHWM")
-                pss += _proc_kb(process.pid, "smaps_rollup", "Pss")
+        for process in process_trees(self.pids):
+            total += _proc_kb(process.pid, "status", "VmHWM")
+            pss += _proc_kb(process.pid, "smaps_rollup", "Pss")
         self.peak_kb = max(self.peak_kb, total)
         self.peak_pss_kb = max(self.peak_pss_kb, pss)
 
@@ -187,19 +181,24 @@ def _proc_kb(pid: int, file: str, field: str) -> int:
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time used so far by these processes and their live descendants."""
     total = 0.0
+    for process in process_trees(pids):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def process_trees(pids: list[int]) -> Iterator[psutil.Process]:
+    """Each live process of `pids` and its descendants (a worker's job processes, a web's
+    gunicorn workers); a pid already gone is skipped."""
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            processes = [root, *root.children(recursive=True)]
+            yield from [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             continue
-        for process in processes:
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-    return total
 
 
 # --- the systems ----------------------------------------------------------------------------

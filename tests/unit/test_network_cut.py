@@ -174,13 +174,19 @@ def vanished_while_running(job: Job, worker: JobProcessSupervisor) -> None:
     job.connection.zadd(registry.key, {entry: 1 for entry in entries}, xx=True)
 
 
+def left_by_a_vanished_worker(queue: Queue, fake_redis: fakeredis.FakeRedis, job: Job) -> Job:
+    """`job` taken off its queue and started by a worker named "gone", which then vanished."""
+    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
+    job = started(job, gone, 120)
+    fake_redis.lrem(queue.key, 0, job.id)
+    vanished_while_running(job, gone)
+    return job
+
+
 def test_a_live_worker_fails_the_task_of_a_vanished_one_as_abandoned(
     worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
-    job = started(enqueue(queue), gone, 120)
-    fake_redis.lrem(queue.key, 0, job.id)
-    vanished_while_running(job, gone)
+    job = left_by_a_vanished_worker(queue, fake_redis, enqueue(queue))
     assert settle_abandoned(worker) == ["analysis"]
     assert fetch(job).get_status() == JobStatus.FAILED
     latest = fetch(job).latest_result()
@@ -190,10 +196,7 @@ def test_a_live_worker_fails_the_task_of_a_vanished_one_as_abandoned(
 def test_a_task_with_retries_left_is_queued_again_once_though_two_workers_check(
     worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
-    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
-    job = started(enqueue(queue, "test.fail", retry=Retry(max=1)), gone, 120)
-    fake_redis.lrem(queue.key, 0, job.id)
-    vanished_while_running(job, gone)
+    job = left_by_a_vanished_worker(queue, fake_redis, enqueue(queue, "test.fail", retry=Retry(max=1)))
     other = JobProcessSupervisor([queue], connection=fake_redis, name="other-live-worker")
     assert settle_abandoned(worker) == ["analysis"]
     assert settle_abandoned(other) == ["analysis"]
@@ -205,10 +208,7 @@ def test_a_worker_skips_a_queue_another_settler_is_settling(
     worker: JobProcessSupervisor, queue: Queue, fake_redis: fakeredis.FakeRedis
 ) -> None:
     """RQ's clean-up is not atomic: two at once on one entry would both retry the job."""
-    gone = JobProcessSupervisor([queue], connection=fake_redis, name="gone")
-    job = started(enqueue(queue), gone, 120)
-    fake_redis.lrem(queue.key, 0, job.id)
-    vanished_while_running(job, gone)
+    job = left_by_a_vanished_worker(queue, fake_redis, enqueue(queue))
     with settling(fake_redis, queue.name) as held:  # the API's status read, say
         assert held
         assert settle_abandoned(worker) == []
