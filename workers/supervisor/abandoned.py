@@ -31,6 +31,7 @@ from rq.registry import StartedJobRegistry
 
 from trustcard.metrics.ends import count_if_abandoned
 from trustcard.settling import settling
+from workers.stage_failures import follow_if_abandoned
 
 if TYPE_CHECKING:
     from rq.queue import Queue
@@ -69,7 +70,7 @@ def settle_abandoned(worker: Worker, taken_seen: dict[str, float] | None = None)
             registry = StartedJobRegistry(
                 queue.name, connection=worker.connection, job_class=worker.job_class, serializer=worker.serializer
             )
-            registry.cleanup(exception_handlers=[count_if_abandoned])
+            registry.cleanup(exception_handlers=[count_if_abandoned, follow_if_abandoned])
             if taken_seen is not None:
                 put_back_taken(worker, queue, taken_seen)
         checked.append(queue.name)
