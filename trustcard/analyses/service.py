@@ -22,7 +22,8 @@ from trustcard.analyses import listing, records
 from trustcard.analyses.callback import deliver_if_ended
 from trustcard.analyses.events import announce
 from trustcard.analyses.following import fail_unrecorded_stage
-from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
+from trustcard.analyses.stage_jobs import claim, enqueue_stage, new_job_id
+from trustcard.analyses.stranded import queue_if_stranded
 from trustcard.analyses.stages import find, stages
 from trustcard.analyses.urls import PostURLRefused, parse_post_url
 from trustcard.analyses.view import analysis_view
@@ -148,6 +149,8 @@ class AnalysisService:
         stage = find(stage_name)
         if stage is None:
             raise AnalysisNotRetryable(f"Stage {stage_name!r} is no longer registered.")
+        if not claim(self.connection, job_id):
+            return  # enqueued already, by a repair of a stage left with no job (`stranded`)
         enqueue_stage(self.connection, analysis_id, stage, job_id, result_ttl=self.settings.result_ttl,
                       failure_ttl=self.settings.failure_ttl, submitted_by=submitted_by, request_id=request_id)
 
@@ -178,6 +181,9 @@ class AnalysisService:
         current = next((e for e in row.stages if e["status"] in ("pending", "running") and e.get("job_id")), None)
         if row.status == "running" and (current is None or current["status"] == "pending"):
             self._hand_on_if_stranded(row)
+        if queue_if_stranded(self.connection, row, result_ttl=self.settings.result_ttl,
+                             failure_ttl=self.settings.failure_ttl):
+            return row
         if current is None:
             return row
         try:
@@ -203,7 +209,7 @@ class AnalysisService:
         if previous["status"] != "completed" or not previous.get("job_id") or not entry.get("job_id"):
             return
         if self.connection.exists(Job.key_for(str(entry["job_id"]))):
-            return
+            return  # (the claim below checks it too; this spares the job read that follows)
         try:
             handing_on = self.tasks.get(str(previous["job_id"]))
         except (TaskNotFound, QueueUnavailable):  # Redis flushed or down: nothing to go on

@@ -39,10 +39,12 @@ from rq.executions import Execution
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from trustcard import rq_seams
+from trustcard.analyses.stranded import StrandedCheck
 from trustcard.failures import KillReason
 from workers.supervisor import process
 from workers.supervisor.abandoned import CHECK_SECONDS as ABANDONED_CHECK_SECONDS
 from workers.supervisor.abandoned import settle_abandoned
+from workers.supervisor.stranded import queue_stranded_analyses
 from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
@@ -81,6 +83,9 @@ class JobProcessSupervisor(CommandsMixin):
         self._respawn_pause = 0.0
         self._next_abandoned_check = 0.0
         self._taken_seen: dict[str, float] = {}
+        """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
+        self._stranded = StrandedCheck()
+        """Where the check of analyses whose next stage was never queued goes on (`stranded`)."""
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
@@ -177,9 +182,11 @@ class JobProcessSupervisor(CommandsMixin):
             self.run_maintenance_tasks()
 
     def _settle_abandoned(self) -> None:
-        """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes."""
+        """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes;
+        jobs taken and never started put back; analyses whose next stage was never queued, queued."""
         try:
             settle_abandoned(self, self._taken_seen)
+            queue_stranded_analyses(self, self._stranded)
         except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
