@@ -95,3 +95,28 @@ def test_an_analysis_the_web_never_queued_is_queued_once_without_a_reader(
     connection = analysis_stack.app.extensions["trustcard.redis"]
     assert Job.fetch(str(entries[0]["job_id"]), connection=connection,
                      serializer=JSONSerializer).get_status() == JobStatus.FINISHED
+
+
+def test_the_blocking_wait_on_several_queues_keeps_a_trace_and_puts_back_a_second_take(clean_redis: Any) -> None:
+    """Real Redis (fakeredis has no sockets to wait on): one BLMOVE per queue; two queues that
+    both answer give one job, and the other goes back to the front of its queue."""
+    from rq import Queue
+
+    from workers.job import CatalogueJob
+    from workers.supervisor.bookkeeping import Bookkeeper
+
+    queues = [Queue(name, connection=clean_redis, serializer=JSONSerializer, job_class=CatalogueJob)
+              for name in ("webhooks", "analysis", "models", "ingest")]
+    book = Bookkeeper(clean_redis, queues, CatalogueJob, JSONSerializer)
+    assert book.prepare_wait() > 0
+    assert book.wait(queues, 0.2) is None
+    first = queues[1].enqueue_call("workers.diagnostics.add", kwargs={"x": 1, "y": 1})
+    second = queues[3].enqueue_call("workers.diagnostics.add", kwargs={"x": 2, "y": 2})
+    found = book.wait(queues, 1)
+    assert found is not None and found.job.id in (first.id, second.id)
+    other = second if found.job.id == first.id else first
+    assert clean_redis.lrange(found.queue.intermediate_queue_key, 0, -1) == [found.job.id.encode()]
+    other_queue = next(queue for queue in queues if queue.name == other.origin)
+    assert other_queue.get_job_ids() == [other.id]
+    assert clean_redis.llen(other_queue.intermediate_queue_key) == 0
+    book._drop_waiting_connection()
