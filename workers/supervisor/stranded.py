@@ -11,13 +11,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from trustcard.analyses.stranded import StrandedCheck
 from trustcard.settling import settling
-from workers import storage
 
 if TYPE_CHECKING:
+    from trustcard.analyses.stranded import StrandedCheck
     from workers.supervisor.recording import RecordingWorker
 
 log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
@@ -25,9 +22,28 @@ log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trus
 LOCK_NAME = "stranded-analyses"
 
 
+class StrandedAnalyses:
+    """The supervisor's side of the check: its place in the rows, made on the first round, when
+    the database layer is imported (not before: a supervisor starts without it)."""
+
+    def __init__(self) -> None:
+        self.check: StrandedCheck | None = None
+
+    def run(self, worker: RecordingWorker) -> list[str]:
+        if self.check is None:
+            from trustcard.analyses.stranded import StrandedCheck
+
+            self.check = StrandedCheck()
+        return queue_stranded_analyses(worker, self.check)
+
+
 def queue_stranded_analyses(worker: RecordingWorker, check: StrandedCheck) -> list[str]:
     """One batch of `check`, if no other supervisor runs it now; the ids of the analyses queued.
     A database that does not answer skips this round."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from workers import storage
+
     with settling(worker.connection, LOCK_NAME) as ours:
         if not ours:
             return []

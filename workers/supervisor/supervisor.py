@@ -39,12 +39,11 @@ from rq.executions import Execution
 from rq.worker import DequeueStrategy, WorkerStatus
 
 from trustcard import rq_seams
-from trustcard.analyses.stranded import StrandedCheck
 from trustcard.failures import KillReason
 from workers.supervisor import process
 from workers.supervisor.abandoned import CHECK_SECONDS as ABANDONED_CHECK_SECONDS
 from workers.supervisor.abandoned import settle_abandoned
-from workers.supervisor.stranded import queue_stranded_analyses
+from workers.supervisor.stranded import StrandedAnalyses
 from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
@@ -84,7 +83,7 @@ class JobProcessSupervisor(CommandsMixin):
         self._next_abandoned_check = 0.0
         self._taken_seen: dict[str, float] = {}
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
-        self._stranded = StrandedCheck()
+        self._stranded = StrandedAnalyses()
         """Where the check of analyses whose next stage was never queued goes on (`stranded`)."""
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._shutdown_deadline: float | None = None
@@ -186,7 +185,7 @@ class JobProcessSupervisor(CommandsMixin):
         jobs taken and never started put back; analyses whose next stage was never queued, queued."""
         try:
             settle_abandoned(self, self._taken_seen)
-            queue_stranded_analyses(self, self._stranded)
+            self._stranded.run(self)
         except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
