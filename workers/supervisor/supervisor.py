@@ -84,6 +84,7 @@ class JobProcessSupervisor(CommandsMixin):
         self._taken_seen: dict[str, float] = {}
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._stranded = StrandedAnalyses()
+        self._next_stranded_check = time.monotonic() + ABANDONED_CHECK_SECONDS
         """Where the check of analyses whose next stage was never queued goes on (`stranded`)."""
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._shutdown_deadline: float | None = None
@@ -176,16 +177,17 @@ class JobProcessSupervisor(CommandsMixin):
             self.scheduler.tick(moment)
         if moment >= self._next_abandoned_check:
             self._next_abandoned_check = moment + ABANDONED_CHECK_SECONDS
-            self._settle_abandoned()
+            self._settle_abandoned(moment)
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
 
-    def _settle_abandoned(self) -> None:
+    def _settle_abandoned(self, moment: float) -> None:
         """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes;
         jobs taken and never started put back; analyses whose next stage was never queued, queued."""
         try:
             settle_abandoned(self, self._taken_seen)
-            self._stranded.run(self)
+            if moment >= self._next_stranded_check:  # not on the first round: a worker starts lean and quick
+                self._stranded.run(self)
         except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
