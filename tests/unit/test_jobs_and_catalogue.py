@@ -12,6 +12,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from tests.support.procfile import worker_class
+from trustcard import params
 from trustcard.catalogue import ALL_JOB_TYPES, BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, find_by_route
 from workers import analysis, diagnostics
 from workers.job import CatalogueJob, JobNotCatalogued
@@ -94,3 +95,21 @@ def test_worker_code_never_imports_flask() -> None:
     )
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert ran.returncode == 0, ran.stderr
+
+
+def test_the_worker_process_never_imports_pydantic() -> None:
+    """Parameters are validated by the web; the models (pydantic, about 10 MB a process) stay
+    out of a worker until a job needs them (`JobType.params` is looked up on first use)."""
+    module, _, name = worker_class().rpartition(".")
+    code = (
+        f"import sys, importlib; getattr(importlib.import_module({module!r}), {name!r});"
+        "import rq.cli.cli, workers.settings, workers.diagnostics, trustcard.catalogue;"
+        "sys.exit(1 if 'pydantic' in sys.modules else 0)"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_a_job_types_params_model_is_its_named_model() -> None:
+    assert BY_NAME["test.add"].params is params.AddParams
+    assert all(issubclass(job_type.params, params.JobParams) for job_type in ALL_JOB_TYPES)

@@ -38,7 +38,6 @@ from trustcard.exceptions import (
     ValidationFailed,
 )
 from trustcard.models import Analysis
-from trustcard.params import NoParams
 from trustcard.task_service import TaskService, redis_required
 from trustcard.task_submission import IdempotencyKeys, check_callback
 
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SUBMISSION = JobType(name="analyses", function="", params=NoParams, summary="POST /analyses", internal=True)
+SUBMISSION = JobType(name="analyses", function="", params_model="NoParams", summary="POST /analyses", internal=True)
 """What an Idempotency-Key of an analysis is claimed for (never enqueued)."""
 CANCELLED = "Cancelled on request."
 ENDED = ("completed", "failed", "cancelled")
