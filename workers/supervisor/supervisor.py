@@ -15,8 +15,8 @@ itself with lean bookkeeping, and stays as the supervisor that RQ's parent proce
   signal that killed it, within moments (`deaths`); a fresh job process takes over;
 - the tasks of a worker that vanished (killed, or its host cut off) are failed as abandoned,
   or retried, about a minute after its last heartbeat (`abandoned`), read or not;
-- it replaces the job process after `WORKER_MAX_JOBS_PER_CHILD` jobs (default 50, as
-  the old Celery service did) or when its peak memory passes `WORKER_MAX_CHILD_MEMORY_MB`;
+- it replaces the job process after `WORKER_MAX_JOBS_PER_CHILD` jobs (default 1,000) or
+  when its peak memory passes `WORKER_MAX_CHILD_MEMORY_MB` (the leak guard that matters);
 - on SIGTERM it takes no new job, gives the running one `WORKER_SHUTDOWN_GRACE` seconds,
   then kills it and hands it back to its queue (a second SIGTERM does that at once).
 
