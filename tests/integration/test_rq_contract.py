@@ -72,6 +72,8 @@ def test_rq_suite_fails_only_where_expected(suite_redis_port: int, tmp_path: Pat
     for kind in ("failed", "xpassed"):
         for node_id in outcome.with_outcome(kind):
             print(f"  {kind}: {node_id}")
+    for node_id, reruns in outcome.reruns.items():
+        print(f"  failed, then run again (timed by sleeps): {node_id}: {', '.join(reruns)}")
 
     assert outcome.outcomes, f"RQ's suite reported no tests:\n{outcome.output[-5000:]}"
     assert outcome.with_outcome("failed") == [], f"failures not listed as expected:\n{outcome.output[-20000:]}"

@@ -15,7 +15,7 @@ import sys
 import tarfile
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.procfile import worker_class
@@ -27,6 +27,15 @@ EXPECTED_FAILURES = HERE / "expected_failures.toml"
 CACHE = ROOT / ".cache" / "rq-contract"
 STOCK_WORKER = "rq.Worker"
 RUN_TIMEOUT_SECONDS = 900
+TIMED_BY_SLEEPS = (
+    "tests/test_worker_pool.py::TestWorkerPool::test_check_workers",
+    "tests/test_worker_pool.py::TestWorkerPool::test_reap_workers",
+)
+"""RQ's tests that give a freshly forked worker 0.5 s to subscribe and 0.75 s to stop, by
+sleeping: on a loaded machine they fail for stock `rq.Worker` too (1 run in 4 with three
+CPU-bound processes beside them, measured). One that fails is run again, up to
+`TIMED_RERUNS` times, on its own; it must pass in one of them, and the reruns are reported."""
+TIMED_RERUNS = 2
 
 
 def pinned_rq_version() -> str:
@@ -76,6 +85,8 @@ class Outcome:
     returncode: int
     outcomes: dict[str, str]
     output: str
+    reruns: dict[str, list[str]] = field(default_factory=dict)
+    """Tests of `TIMED_BY_SLEEPS` run again after failing: the outcomes of their reruns."""
 
     def with_outcome(self, kind: str) -> list[str]:
         return sorted(node_id for node_id, outcome in self.outcomes.items() if outcome == kind)
@@ -101,14 +112,28 @@ def run_suite(worker_class: str, redis_port: int, *, expected: bool, report: Pat
         "RQ_CONTRACT_REDIS_PORT": str(redis_port),
         "RQ_CONTRACT_WORKER_CLASS": worker_class,
         "RQ_CONTRACT_EXPECTED": str(EXPECTED_FAILURES) if expected else "",
-        "RQ_CONTRACT_REPORT": str(report),
     }
+    outcome = _run(suite, env, ["tests"], report)
+    for node_id in [node for node in TIMED_BY_SLEEPS if outcome.outcomes.get(node) == "failed"]:
+        rerun_report = report.with_name(f"{report.stem}-rerun{report.suffix}")
+        for _ in range(TIMED_RERUNS):
+            again = _run(suite, env, [node_id], rerun_report).outcomes.get(node_id, "missing")
+            outcome.reruns.setdefault(node_id, []).append(again)
+            if again == "passed":
+                outcome.outcomes[node_id] = "passed"
+                break
+    return outcome
+
+
+def _run(suite: Path, env: dict[str, str], tests: list[str], report: Path) -> Outcome:
     command = [
-        sys.executable, "-m", "pytest", "tests", "-c", str(PLUGIN_DIR / "pytest.ini"), "--rootdir", str(suite),
+        sys.executable, "-m", "pytest", *tests, "-c", str(PLUGIN_DIR / "pytest.ini"), "--rootdir", str(suite),
         "-p", "rq_contract_plugin", "-p", "no:cacheprovider", "-p", "no:warnings", "-q", "-rfE",
     ]
+    report.unlink(missing_ok=True)
     completed = subprocess.run(
-        command, cwd=suite, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, check=False
+        command, cwd=suite, env={**env, "RQ_CONTRACT_REPORT": str(report)}, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_SECONDS, check=False,
     )
     outcomes = json.loads(report.read_text()) if report.exists() else {}
     return Outcome(completed.returncode, outcomes, completed.stdout + completed.stderr)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import tomllib
+from pathlib import Path
 from types import ModuleType
 
 import fakeredis
+import pytest
 from rq.job import Job
 from rq.serializers import DefaultSerializer, JSONSerializer
 
+from tests.rq_contract import suite
 from tests.rq_contract.suite import EXPECTED_FAILURES, PLUGIN_DIR, pinned_rq_version, procfile_worker_class
 from workers.job import CatalogueJob
 
@@ -60,3 +63,37 @@ def test_every_expected_failure_says_its_kind_and_reason() -> None:
         assert node_id.startswith("tests/test_") and "::" in node_id, node_id
         assert entry["kind"] in ("intended", "to-be-fixed"), node_id
         assert len(entry["reason"]) > 20, node_id
+
+
+def _fake_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, answers: list[dict[str, str]]) -> list[list[str]]:
+    """`suite._run` answering `answers` in turn; returns the tests each call was asked to run."""
+    asked: list[list[str]] = []
+
+    def fake_run(suite_dir: Path, env: dict[str, str], tests: list[str], report: Path) -> suite.Outcome:
+        asked.append(tests)
+        return suite.Outcome(0, dict(answers[len(asked) - 1]), "")
+
+    monkeypatch.setattr(suite, "_run", fake_run)
+    monkeypatch.setattr(suite, "rq_suite", lambda version: tmp_path)
+    return asked
+
+
+def test_a_test_timed_by_sleeps_that_fails_runs_again_and_its_pass_counts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    timed, other = suite.TIMED_BY_SLEEPS[0], "tests/test_worker.py::TestWorker::test_other"
+    asked = _fake_runs(monkeypatch, tmp_path, [{timed: "failed", other: "failed"}, {timed: "passed"}])
+    outcome = suite.run_suite("x.Worker", 1, expected=True, report=tmp_path / "report.json")
+    assert asked == [["tests"], [timed]]  # only the timed test is run again, never another failure
+    assert outcome.outcomes == {timed: "passed", other: "failed"}
+    assert outcome.reruns == {timed: ["passed"]}
+
+
+def test_a_test_timed_by_sleeps_that_keeps_failing_stays_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    timed = suite.TIMED_BY_SLEEPS[1]
+    asked = _fake_runs(monkeypatch, tmp_path, [{timed: "failed"}] + [{timed: "failed"}] * suite.TIMED_RERUNS)
+    outcome = suite.run_suite("x.Worker", 1, expected=True, report=tmp_path / "report.json")
+    assert len(asked) == 1 + suite.TIMED_RERUNS
+    assert outcome.with_outcome("failed") == [timed]
