@@ -348,8 +348,15 @@ class TaskService:
                 pass  # already cancelled by someone else
         if rq_status == JobStatus.STARTED:
             self._stop_running(job)
+        after = self._view(self._read(job))
+        if after.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+            # It ended by itself meanwhile (its success was on its way as the stop went out):
+            # not cancelled, and the contract's answer for an ended task is 409.
+            raise TaskAlreadyEnded(
+                f"Task {task_id} ended as {after.status} before it could be cancelled.", status=after.status,
+            )
         log.info("task %s cancelled (was %s)", task_id, rq_status)
-        return self._view(self._read(job))
+        return after
 
     @redis_required
     def running(self) -> list[TaskView]:

@@ -71,6 +71,24 @@ def test_cancel_an_ended_task_is_409(client: FlaskClient, fake_redis: fakeredis.
     assert response.get_json()["status"] == "completed"
 
 
+def test_cancel_of_a_running_task_that_succeeds_meanwhile_is_409_completed(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the chaos soak found: the job's success reached Redis as the stop went out."""
+    from trustcard.task_service import TaskService
+
+    task_id = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
+    fake_redis.hset(f"rq:job:{task_id}", "status", JobStatus.STARTED.value)
+
+    def succeeds_first(service: TaskService, job: Job) -> None:
+        fake_redis.hset(job.key, "status", JobStatus.FINISHED.value)
+
+    monkeypatch.setattr(TaskService, "_stop_running", succeeds_first)
+    response = client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 409, response.get_json()
+    assert response.get_json()["error"] == "task_already_ended" and response.get_json()["status"] == "completed"
+
+
 @pytest.mark.parametrize("method", ["get", "delete"])
 @pytest.mark.parametrize("task_id", ["no-such-task", "bad%20id", "x" * 65])
 def test_unknown_task_is_404(client: FlaskClient, method: str, task_id: str) -> None:
