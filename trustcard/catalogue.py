@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trustcard.analyses.stages import DEFAULT_STAGES
-from trustcard.params import AddParams, FailParams, JobParams, NoParams, PostParams, SleepParams
+from trustcard.params import AddParams, FailParams, JobParams, NoParams, PostParams, SleepParams, TallyParams
 from trustcard.queue_names import ANALYSIS_QUEUE, PRIORITY_ORDER, WEBHOOKS_QUEUE
 
 
@@ -67,6 +67,13 @@ JOB_TYPES: tuple[JobType, ...] = (
         summary="Raise an error with the given message, after one retry a second later.",
         retries=1,
         retry_backoff=(1,),
+    ),
+    JobType(
+        name="test.tally",
+        function="workers.diagnostics.tally",
+        params=TallyParams,
+        summary="Count this run in Redis, run `seconds`, answer twice `x`; retried once at once (the chaos soak's).",
+        retries=1,
     ),
     JobType(
         name="analysis.process_post",
