@@ -384,6 +384,8 @@ def test_a_broken_counter_cannot_fail_the_success_batch_or_change_its_answer(
 ) -> None:
     fake_redis.set(store.TASKS_ENDED_KEY, "not a hash")
     job = started(enqueue(queue), worker, 0.003)
+    queue.remove(job.id)  # its worker took it off the queue to start it
+    enqueue(queue)
     queued = queue.get_job_ids()
     book = Bookkeeper(fake_redis, [queue], Job, JSONSerializer)
     found = book.run(success_batch(worker, job, worker.prepare_execution(job), 3, 600, now()), [queue])

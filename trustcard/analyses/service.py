@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from trustcard.analyses import listing, records
 from trustcard.analyses.callback import deliver_if_ended
 from trustcard.analyses.events import announce
+from trustcard.analyses.following import fail_unrecorded_stage
 from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
 from trustcard.analyses.stages import find, stages
 from trustcard.analyses.urls import PostURLRefused, parse_post_url
@@ -169,32 +170,26 @@ class AnalysisService:
         return row
 
     def _reconciled(self, row: Analysis) -> Analysis:
-        """A running stage whose job failed without recording it (killed at its hard limit,
-        its worker gone) fails the analysis now, with the job's reason."""
-        running = next((e for e in row.stages if e["status"] == "running" and e.get("job_id")), None)
-        if row.status == "running" and running is None:
-            self._hand_on_if_stranded(row)
+        """A stage whose job failed without recording it (killed at its hard limit or before it
+        marked its stage begun, its worker gone) fails the analysis now, with the job's reason
+        (`following`; the workers do the same when they record such a failure)."""
+        if row.status not in ("pending", "running"):
             return row
-        if row.status != "running" or running is None:
+        current = next((e for e in row.stages if e["status"] in ("pending", "running") and e.get("job_id")), None)
+        if row.status == "running" and (current is None or current["status"] == "pending"):
+            self._hand_on_if_stranded(row)
+        if current is None:
             return row
         try:
-            task = self.tasks.get(running["job_id"])
+            task = self.tasks.get(current["job_id"])
         except (TaskNotFound, QueueUnavailable):  # Redis flushed or down: the row is still the record
             return row
         if task.status != "failed":
             return row
-
-        def apply(locked: Analysis, entries: records.StageEntries) -> None:
-            entry = next(e for e in entries if e["name"] == running["name"])
-            if locked.status == "running" and entry["status"] == "running":
-                entry.update(status="failed", error=task.error, ended_at=task.ended_at)
-                locked.status, locked.failed_stage, locked.ended_at = "failed", entry["name"], records.utcnow()
-                locked.error = f"Stage {entry['name']} failed: {task.error}"
-
-        records.change(self.engine, row.id, apply)
-        announce(self.connection, row.id)
-        deliver_if_ended(self.engine, self.connection, row.id)
-        return self._row(row.id)
+        if fail_unrecorded_stage(self.engine, self.connection, row.id, str(current["job_id"]), task.error or "failed",
+                                 task.ended_at):
+            return self._row(row.id)
+        return row
 
     def _hand_on_if_stranded(self, row: Analysis) -> None:
         """A stage stored its output, then its job ended before it handed on (its worker

@@ -16,7 +16,8 @@ script runs the batch in Redis, atomically like MULTI/EXEC, as a single command:
    (sent before the job runs, its answer read after: no wait);
 2. end + next: the result, the finished registry, the execution deleted, the worker's
    counters and idle state; then, in the same script, the next job taken off the queue
-   (into RQ's intermediate list when there is one queue, as RQ does) with its hash, or
+   (into the queue's intermediate list, as RQ does for one queue, here for any number:
+   a job taken is never on no list, whatever dies or fails over before its start) with its hash, or
    "suspended" while `rq suspend` is in force. A job that has dependents is not ended
    here: the script answers "has dependents" without writing anything, and the job ends
    through RQ's own success transaction, which moves its dependents to ready (and keeps
@@ -31,11 +32,13 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import DataAccessCommands
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import get_version
 
@@ -56,6 +59,7 @@ HAS_DEPENDENTS = "has dependents"
 _SCRIPT = """
 local nq = tonumber(ARGV[1])
 local done = false
+local ran = {started = true, finished = true, failed = true, stopped = true}
 local function rewrite(key, changes)
   local data = redis.call('HGETALL', key)
   if #data == 0 then return 0 end
@@ -113,11 +117,16 @@ for q = 8, 7 + nq do
     end
     if not id then break end
     local data = redis.call('HGETALL', ARGV[3] .. id)
-    if #data > 0 then
+    local stale = #data == 0
+    for n = 1, #data, 2 do
+      if data[n] == 'status' and ran[data[n + 1]] then stale = true end
+    end
+    if not stale then
       local sizes = {}
       for n, part in ipairs(data) do sizes[n] = #part end
       return {done, key, id, table.concat(sizes, ','), table.concat(data)}
     end
+    if ARGV[2] == '1' then redis.call('LREM', key .. ':intermediate', -1, id) end
   end
 end
 return {done}
@@ -136,9 +145,25 @@ return {done}
 # string plus the sizes of its parts instead of a reply of forty: redis-py spends more
 # time encoding arguments and parsing replies than Redis spends running them. The script
 # answers the batch's last reply. A job id whose hash is gone is skipped, as RQ's
-# `dequeue_any` does. `REWRITE` is the one command of ours in a batch: see `CommandBatch.rewrite_hash`.
+# `dequeue_any` does, and so is one whose job already started or ended (a copy put back by
+# the taken-job check, `abandoned.put_back_taken`, while its first taker started it): a job put
+# back runs once. Either is taken off the intermediate list again. `REWRITE` is the one command of ours in a batch: see `CommandBatch.rewrite_hash`.
 
 REWRITE = "TRUSTCARD.REWRITE"
+
+WAIT_MARGIN_SECONDS = 5.0
+"""How much longer than its own timeout a blocking wait may take to answer before the
+connection counts as lost."""
+
+_RAN = {"started", "finished", "failed", "stopped"}
+"""Statuses of a job that was started: an id of it still on a queue is a stale copy."""
+
+_PUT_BACK = """
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 1 then redis.call('LPUSH', KEYS[2], ARGV[1]) return 1 end
+return 0
+"""
+"""A taken job's id, from its queue's intermediate list back to the queue's front (only if
+it was still there: of several putting it back, one does)."""
 
 
 class CommandBatch(DataAccessCommands):
@@ -213,8 +238,13 @@ class Bookkeeper:
         self.job_class = job_class
         self.serializer = serializer
         self.queues_by_key = {queue.key: queue for queue in queues}
-        # RQ keeps a popped job in an intermediate list only when a worker has one queue.
-        self.use_intermediate = len(queues) == 1 and get_version(connection) >= (6, 2, 0)
+        # RQ keeps a popped job in an intermediate list only when a worker has one queue; we
+        # keep it there with any number of queues, so that a job taken and never started (its
+        # worker killed, or a failover that kept the pop and lost the start) leaves a trace
+        # the taken-job check puts back (`abandoned.put_back_taken`).
+        self.use_intermediate = get_version(connection) >= (6, 2, 0)
+        self._waits: list[tuple[Connection, int]] = []
+        """With several queues, one blocking connection per queue and its client id."""
         self._script = connection.register_script(_SCRIPT)
         self._waiting: Connection | None = None
         self._waiting_client = 0
@@ -302,50 +332,112 @@ class Bookkeeper:
         return answer
 
     def wait(self, queues: list[Queue], block_seconds: float) -> Dequeued | None:
-        """Wait up to `block_seconds` for a job, as RQ does: BLMOVE on one queue, BLPOP on
-        several, on a connection of its own whose client id `waiting_client` gives (a
-        `CLIENT UNBLOCK` of it ends the wait at once, as a timeout: nothing is lost)."""
+        """Wait up to `block_seconds` for a job: BLMOVE into the queue's intermediate list, so
+        that the job taken is never on no list. RQ uses BLPOP on several queues, which leaves
+        no trace between the pop and the start; here each queue gets its own BLMOVE on its own
+        connection, and the first job in wins (one that another queue also gave meanwhile
+        goes back to its front). The first connection's client id is what `waiting_client`
+        gives: a `CLIENT UNBLOCK` of it ends the wait at once, as a timeout (nothing lost)."""
         keys = [queue.key for queue in queues]
-        connection = self._waiting_connection()
-        try:
-            if self.use_intermediate:
+        if not self.use_intermediate:  # a Redis older than 6.2: RQ's BLPOP
+            return self._wait_blpop(keys, block_seconds)
+        if len(keys) == 1:
+            connection = self._waiting_connection()
+            try:
                 connection.send_command("BLMOVE", keys[0], keys[0] + ":intermediate", "LEFT", "RIGHT", block_seconds)
                 job_id = connection.read_response()
-                key: bytes | str = keys[0]
-            else:
-                connection.send_command("BLPOP", *keys, block_seconds)
-                popped = connection.read_response()
-                if popped is None:
-                    return None
-                key, job_id = popped
+            except BaseException:
+                self._drop_waiting_connection()
+                raise
+            return self._taken(keys[0], job_id)
+        return self._wait_each(keys, block_seconds)
+
+    def _wait_blpop(self, keys: list[str], block_seconds: float) -> Dequeued | None:
+        connection = self._waiting_connection()
+        try:
+            connection.send_command("BLPOP", *keys, block_seconds)
+            popped = connection.read_response()
         except BaseException:
             self._drop_waiting_connection()
             raise
+        if popped is None:
+            return None
+        key, job_id = popped
+        return self._taken(key, job_id, traced=False)
+
+    def _wait_each(self, keys: list[str], block_seconds: float) -> Dequeued | None:
+        """One BLMOVE per queue, each on its own connection. The first answer (a job, or the
+        timeout, or the supervisor's unblock) ends the others' waits: each then answers nil,
+        or a job it took meanwhile, which goes back to the front of its queue."""
+        waits = self._wait_connections(len(keys))
+        taken: list[tuple[str, bytes]] = []
+        try:
+            for (connection, _), key in zip(waits, keys, strict=True):
+                connection.send_command("BLMOVE", key, key + ":intermediate", "LEFT", "RIGHT", block_seconds)
+            by_socket = {connection._sock: index for index, (connection, _) in enumerate(waits)}  # noqa: SLF001
+            ready, _, _ = select.select(list(by_socket), [], [], block_seconds + WAIT_MARGIN_SECONDS)
+            if not ready:
+                raise RedisTimeoutError("no answer to a blocking wait")
+            answered = sorted(by_socket[sock] for sock in ready)
+            rest = [index for index in range(len(waits)) if index not in answered]
+            if all(waits[index][1] for index in rest):
+                for index in rest:
+                    self.connection.client_unblock(waits[index][1])
+            for index in answered + rest:
+                job_id = waits[index][0].read_response()
+                if job_id is not None:
+                    taken.append((keys[index], job_id))
+        except BaseException:
+            self._drop_waiting_connection()
+            raise
+        for key, job_id in taken[1:]:
+            self.connection.eval(_PUT_BACK, 2, key + ":intermediate", key, job_id)
+        if not taken:
+            return None
+        return self._taken(*taken[0])
+
+    def _taken(self, key: bytes | str, job_id: bytes | str | None, traced: bool = True) -> Dequeued | None:
+        """The job `wait` took, with its hash; None (and off the intermediate list again)
+        when its hash is gone or it already started or ended, as the take script does."""
         if job_id is None:
             return None
+        key_text = key.decode() if isinstance(key, bytes) else key
         id_text = job_id.decode() if isinstance(job_id, bytes) else job_id
         raw = self.connection.hgetall(self.job_class.key_for(id_text))
-        if not raw:
-            return None  # gone since it was queued; RQ skips it too
-        return self._build(key, id_text, raw)
+        if not raw or raw.get(b"status", b"").decode() in _RAN:
+            if traced:
+                self.connection.lrem(key_text + ":intermediate", -1, id_text)
+            return None  # gone since it was queued (RQ skips it too), or a copy of one that ran
+        return self._build(key_text, id_text, raw)
 
     def prepare_wait(self) -> int:
         """Make sure `wait` has its connection; returns its Redis client id (0: unknown)."""
+        if self.use_intermediate and len(self.queues_by_key) > 1:
+            self._wait_connections(len(self.queues_by_key))
+            return self._waits[0][1]
         self._waiting_connection()
         return self._waiting_client
 
+    def _wait_connections(self, count: int) -> list[tuple[Connection, int]]:
+        while len(self._waits) < count:
+            self._waits.append(self._new_waiting_connection())
+        return self._waits[:count]
+
+    def _new_waiting_connection(self) -> tuple[Connection, int]:
+        connection = self.connection.connection_pool.make_connection()
+        try:
+            connection.send_command("CLIENT", "ID")
+            client = int(connection.read_response())
+        except ResponseError:
+            client = 0  # a Redis without CLIENT ID: waits end by their timeout
+        except BaseException:
+            connection.disconnect()
+            raise
+        return connection, client
+
     def _waiting_connection(self) -> Connection:
         if self._waiting is None:
-            connection = self.connection.connection_pool.make_connection()
-            try:
-                connection.send_command("CLIENT", "ID")
-                self._waiting_client = int(connection.read_response())
-            except ResponseError:
-                self._waiting_client = 0  # a Redis without CLIENT ID: waits end by their timeout
-            except BaseException:
-                connection.disconnect()
-                raise
-            self._waiting = connection
+            self._waiting, self._waiting_client = self._new_waiting_connection()
         return self._waiting
 
     def _drop_waiting_connection(self) -> None:
@@ -353,6 +445,9 @@ class Bookkeeper:
             self._waiting.disconnect()
         self._waiting = None
         self._waiting_client = 0
+        for connection, _ in self._waits:
+            connection.disconnect()
+        self._waits = []
 
     def _build(self, key: bytes | str, job_id: bytes | str, raw: dict[bytes, bytes]) -> Dequeued:
         key_text = key.decode() if isinstance(key, bytes) else key

@@ -66,7 +66,7 @@ def record_death(
     execution = Execution(view.execution_id, job.id, connection=worker.connection, worker_name=worker.name)
     execution.created_at = datetime.fromtimestamp(view.started_wall, tz=timezone.utc)
     worker.executions[execution.id] = execution
-    if rq_status != JobStatus.STARTED and len(worker.queues) == 1:
+    if rq_status != JobStatus.STARTED:
         worker.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # died before it started
     job.ended_at = now()
     try:

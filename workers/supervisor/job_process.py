@@ -251,7 +251,7 @@ class JobProcess:
     def _run_job(self, found: Dequeued) -> Succeeded | None:
         host = self.host
         job, queue = found.job, found.queue
-        remove_from_intermediate = len(host.queues) == 1
+        remove_from_intermediate = self.book.use_intermediate  # taken into it, whatever the queues
         if host.refuse_unreadable(job, queue):  # not JSON (a pickle, say): failed with the reason
             return self._let_go(job, queue, remove_from_intermediate)
         if _CANCEL_FIELD in found.raw:
@@ -260,7 +260,7 @@ class JobProcess:
             return self._let_go(job, queue, remove_from_intermediate)
         log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
         soft_timeout = job.timeout or host.queue_class.DEFAULT_TIMEOUT
-        # RQ takes the job out of its origin's intermediate list (the queue it came from).
+        # Its start takes the job out of its origin's intermediate list (the queue it came from).
         intermediate_key = self._intermediate_keys.get(job.origin) if remove_from_intermediate else None
         if remove_from_intermediate and intermediate_key is None:
             intermediate_key = host.queue_class(job.origin, connection=host.connection).intermediate_queue_key

@@ -41,6 +41,7 @@ from trustcard.metrics.outcomes import TaskOutcome
 from trustcard.status import summarise_failure
 from workers.job import CatalogueJob
 from workers.job_facts import preview
+from workers.stage_failures import follow_stage_failure
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -227,9 +228,12 @@ class RecordingWorker(Worker):
         exc_string: str = "",
         execution: Execution | None = None,
     ) -> None:
-        with self._counting_end(job, self._failure_outcome(job)):
+        outcome = self._failure_outcome(job)
+        with self._counting_end(job, outcome):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         self.log.warning("task %s failed: %s", job.id, summarise_failure(exc_string))
+        if outcome is TaskOutcome.FAILED:
+            follow_stage_failure(job, summarise_failure(exc_string))
 
     def handle_job_retry(
         self, job: Job, queue: Queue, retry: Retry, started_job_registry: StartedJobRegistry, execution: Execution

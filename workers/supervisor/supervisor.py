@@ -80,6 +80,8 @@ class JobProcessSupervisor(CommandsMixin):
         self._next_heartbeat = 0.0
         self._respawn_pause = 0.0
         self._next_abandoned_check = 0.0
+        self._taken_seen: dict[str, float] = {}
+        """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
         self._handed_back_seq: int | None = None
@@ -177,7 +179,7 @@ class JobProcessSupervisor(CommandsMixin):
     def _settle_abandoned(self) -> None:
         """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes."""
         try:
-            settle_abandoned(self)
+            settle_abandoned(self, self._taken_seen)
         except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
