@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))  # the shared harness, tests/support (only scripts
 from tests.support.chaos_check import Verdict, check_executions, drain  # noqa: E402
 from tests.support.chaos_faults import ALL_KINDS, FAULT_KINDS, REDIS_KILL, FaultInjector  # noqa: E402
 from tests.support.chaos_traffic import Traffic  # noqa: E402
-from tests.support.procfile_stack import StackFailed, procfile_stack  # noqa: E402
+from tests.support.procfile_stack import ProcfileStack, StackFailed, procfile_stack  # noqa: E402
 
-CI_SIZE = {"duration": 40.0, "rate": 8.0, "fault_interval": 3.0, "drain_timeout": 150.0}
+CI_SIZE = {"duration": 40.0, "rate": 6.0, "fault_interval": 3.0, "drain_timeout": 150.0}
 """Every fault kind at least twice, in about two minutes with the drain."""
 
 
@@ -75,7 +75,20 @@ def inject_faults(injector: FaultInjector, rng: random.Random, interval: float, 
         injector.inject(injector.next_kind())
 
 
-def table(injector: FaultInjector, traffic: Traffic, verdict: Verdict, args: argparse.Namespace) -> str:
+def waiting_jobs(stack: ProcfileStack) -> int:
+    """Jobs on the queues and scheduled (a retry's back-off): the backlog the drain starts with."""
+    client = stack.redis.local_client(socket_timeout=10)
+    try:
+        queues = sum(client.llen(key) for key in client.scan_iter("rq:queue:*") if client.type(key) == b"list")
+        scheduled = sum(client.zcard(key) for key in client.scan_iter("rq:scheduled:*"))
+        return queues + scheduled
+    finally:
+        client.close()
+
+
+def table(
+    injector: FaultInjector, traffic: Traffic, verdict: Verdict, backlog: int, args: argparse.Namespace
+) -> str:
     accepted = len(traffic.accepted)
     analyses = sum(1 for task in traffic.accepted if task.is_analysis)
     refused = sum(count for answer, count in traffic.answers.items()
@@ -84,6 +97,7 @@ def table(injector: FaultInjector, traffic: Traffic, verdict: Verdict, args: arg
     rows += [(kind, str(injector.injected[kind])) for kind in injector.kinds]
     rows += [
         ("tasks accepted", f"{accepted} ({analyses} analyses), {refused} requests refused or unanswered"),
+        ("jobs waiting when the traffic stopped", str(backlog)),
         *[(f"ended {outcome}", str(verdict.outcomes[outcome])) for outcome in ("completed", "failed", "cancelled")],
         ("lost (must be 0)", str(len(verdict.lost))),
         ("stuck (must be 0)", str(len(verdict.stuck))),
@@ -99,7 +113,7 @@ def table(injector: FaultInjector, traffic: Traffic, verdict: Verdict, args: arg
     lines += [f"| {name:<{width}} | {value} |" for name, value in rows[1:]]
     lines.append(f"\n{args.duration:.0f} s of traffic at about {args.rate:g} requests/s, a fault every "
                  f"{args.fault_interval:g} s on average, seed {args.seed}, {args.workers} workers, "
-                 f"{args.web_processes} web processes")
+                 f"{args.web_processes} web processes (gunicorn workers)")
     return "\n".join(lines)
 
 
@@ -121,11 +135,11 @@ def details(injector: FaultInjector, traffic: Traffic, verdict: Verdict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of traffic and faults")
-    parser.add_argument("--rate", type=float, default=10.0, help="requests per second, about")
+    parser.add_argument("--rate", type=float, default=4.0, help="requests per second, about")
     parser.add_argument("--fault-interval", type=float, default=5.0, help="seconds between faults, on average")
     parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds allowed for every task to end")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="worker lines (supervisors)")
+    parser.add_argument("--workers", type=int, default=3, help="worker lines (supervisors)")
     parser.add_argument("--web-processes", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--redis-kill", action="store_true", help="also SIGKILL Redis (may lose its last second)")
     parser.add_argument("--keep-log", action="store_true", help="keep the stack's log and the timeline")
@@ -154,7 +168,8 @@ def main() -> int:
                 stop_faults.set()
                 faults.join()
             injector.ensure_running()
-            timeline.say(f"traffic over: {len(traffic.accepted)} accepted; draining")
+            backlog = waiting_jobs(stack)
+            timeline.say(f"traffic over: {len(traffic.accepted)} accepted, {backlog} jobs waiting; draining")
             verdict, final = drain(stack.url, traffic.accepted, args.drain_timeout, injector.redis_kills)
             client = stack.redis.local_client(socket_timeout=10)
             try:
@@ -170,7 +185,7 @@ def main() -> int:
         if not args.keep_log:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    print(table(injector, traffic, verdict, args))
+    print(table(injector, traffic, verdict, backlog, args))
     print(details(injector, traffic, verdict))
     if args.keep_log:
         print(f"logs kept: {scratch / 'stack.log'} (the processes), {scratch / 'chaos.log'} (the soak's timeline)")

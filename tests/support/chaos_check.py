@@ -96,7 +96,8 @@ def judge(task: Accepted, view: dict[str, Any], verdict: Verdict) -> None:
     if task.cancelled and status != "cancelled":
         verdict.wrong.append((task, f"a cancel answered 200, but it ended {status}"))
     elif status == "cancelled" and not task.cancelled:
-        verdict.wrong.append((task, "cancelled, but nobody cancelled it"))
+        why = f"its DELETE answered {task.cancel_unanswered}" if task.cancel_unanswered else "nobody cancelled it"
+        verdict.wrong.append((task, f"cancelled, but {why}"))
     elif status == "failed":
         reason = view.get("error")
         if not reason:
