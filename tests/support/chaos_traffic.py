@@ -48,7 +48,7 @@ class Accepted:
     cancelled: bool = False
     """A DELETE answered 200: it must end cancelled."""
     cancel_unanswered: str | None = None
-    """A DELETE answered this instead (a 503, no answer) while a fault was on."""
+    """A DELETE answered this instead (a 503, "no answer") while a fault was on."""
 
     @property
     def is_analysis(self) -> bool:
@@ -163,7 +163,12 @@ class Traffic:
         if not recent:
             return
         task = rng.choice(recent)
-        status, _ = connection.request_json("DELETE", prefix + task.id)
+        try:
+            status, _ = connection.request_json("DELETE", prefix + task.id)
+        except (OSError, http.client.HTTPException):
+            task.cancel_unanswered = "no answer"  # the web died mid-request: it may have cancelled
+            self.say(f"cancel of {task.kind} {task.id} got no answer")
+            raise
         self._count(f"{status} (cancel)")
         if status == 200:
             task.cancelled = True
