@@ -11,10 +11,14 @@ code enqueues but workers must still run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from trustcard.analyses.stages import DEFAULT_STAGES
-from trustcard.params import AddParams, FailParams, JobParams, NoParams, PostParams, SleepParams, TallyParams
 from trustcard.queue_names import ANALYSIS_QUEUE, PRIORITY_ORDER, WEBHOOKS_QUEUE
+
+if TYPE_CHECKING:
+    from trustcard.params import JobParams
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,8 @@ class JobType:
 
     name: str
     function: str
-    params: type[JobParams]
+    params_model: str
+    """Its parameter model's name in `trustcard.params`: see `params`."""
     summary: str
     queue: str = ANALYSIS_QUEUE
     soft_timeout: int | None = None
@@ -36,6 +41,14 @@ class JobType:
     """Enqueued by the service itself, never by clients: no route, no OpenAPI path."""
 
     @property
+    def params(self) -> type[JobParams]:
+        """The model its parameters are validated with. Looked up on first use: the web
+        validates, a worker only runs jobs, and importing pydantic would cost each worker
+        process about 10 MB."""
+        model: type[JobParams] = getattr(import_module("trustcard.params"), self.params_model)
+        return model
+
+    @property
     def route(self) -> str:
         """The path under /tasks/ that submits this job type: `test.add` -> `test/add`."""
         return self.name.replace(".", "/")
@@ -45,25 +58,25 @@ JOB_TYPES: tuple[JobType, ...] = (
     JobType(
         name="test.add",
         function="workers.diagnostics.add",
-        params=AddParams,
+        params_model="AddParams",
         summary="Add two numbers; the result is their sum.",
     ),
     JobType(
         name="test.sleep",
         function="workers.diagnostics.sleep",
-        params=SleepParams,
+        params_model="SleepParams",
         summary='Sleep, then answer "Slept for N seconds".',
     ),
     JobType(
         name="test.long",
         function="workers.diagnostics.long_task",
-        params=NoParams,
+        params_model="NoParams",
         summary="Run 10 s in the five analysis stages, reporting progress.",
     ),
     JobType(
         name="test.fail",
         function="workers.diagnostics.fail",
-        params=FailParams,
+        params_model="FailParams",
         summary="Raise an error with the given message, after one retry a second later.",
         retries=1,
         retry_backoff=(1,),
@@ -71,14 +84,14 @@ JOB_TYPES: tuple[JobType, ...] = (
     JobType(
         name="test.tally",
         function="workers.diagnostics.tally",
-        params=TallyParams,
+        params_model="TallyParams",
         summary="Count this run in Redis, run `seconds`, answer twice `x`; retried once at once (the chaos soak's).",
         retries=1,
     ),
     JobType(
         name="analysis.process_post",
         function="workers.analysis.process_post",
-        params=PostParams,
+        params_model="PostParams",
         summary="Analyse an Instagram post (placeholder stages until real models exist).",
         retries=2,
         retry_backoff=(10, 60),
@@ -88,7 +101,7 @@ JOB_TYPES: tuple[JobType, ...] = (
 WEBHOOK_DELIVERY = JobType(
     name="webhooks.deliver",
     function="workers.webhooks.deliver",
-    params=NoParams,
+    params_model="NoParams",
     summary="POST a task's final view to its Callback-URL, signed; retried with back-off for a day.",
     queue=WEBHOOKS_QUEUE,
     soft_timeout=25,
@@ -106,7 +119,7 @@ so a worker takes them before a backlog of analyses."""
 ANALYSIS_STAGE = JobType(
     name="analysis.stage",
     function="workers.analysis_runner.run_stage",
-    params=NoParams,
+    params_model="NoParams",
     summary="Run one stage of an analysis, store its output, hand the analysis on to the next stage.",
     internal=True,
 )
@@ -116,7 +129,7 @@ ANALYSIS_STAGE = JobType(
 ANALYSIS_DELIVERY = JobType(
     name="analyses.deliver",
     function="workers.analysis_webhooks.deliver",
-    params=NoParams,
+    params_model="NoParams",
     summary="POST an ended analysis to its Callback-URL, signed; retried as task deliveries are.",
     queue=WEBHOOKS_QUEUE,
     soft_timeout=WEBHOOK_DELIVERY.soft_timeout,

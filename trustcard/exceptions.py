@@ -179,6 +179,10 @@ class QueueNotReplicated(ServiceUnavailable):
         task_ids: list[str] | None = Field(
             default=None, description="A batch's tasks (POST /tasks/batch), each written and then cancelled."
         )
+        analysis_id: str | None = Field(
+            default=None, description="An analysis (POST /analyses, or its retry) whose first stage's job was "
+            "written and then cancelled; the analysis reads failed and never runs."
+        )
 
 
 class QueueFull(ServiceUnavailable):

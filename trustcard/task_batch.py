@@ -173,9 +173,11 @@ def enqueue_batch(
     submitted_by: str | None,
     request_id: str | None,
     callback_url: str | None,
+    counted: bool = True,
 ) -> list[tuple[Job, dict[str, Any] | None]]:
-    """Every job of the batch, and their count for /metrics, in one MULTI/EXEC; each job
-    with its callback state (None without a callback), in order."""
+    """Every job of the batch, and their count for /metrics (unless not `counted`, as
+    `enqueue`), in one MULTI/EXEC; each job with its callback state (None without a
+    callback), in order."""
     with connection.pipeline() as pipeline:
         staged = [
             stage(
@@ -184,7 +186,7 @@ def enqueue_batch(
             )
             for task, job_id in zip(tasks, job_ids)
         ]
-        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, len(staged))
+        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, len(staged) if counted else 0)
         for reply in pipeline.execute(raise_on_error=False)[:-1]:
             if isinstance(reply, Exception):
                 raise reply

@@ -42,6 +42,8 @@ from trustcard.exceptions import (
     UnknownJobType,
 )
 from trustcard.metrics.ends import cancel_waiting, count_abandoned, count_if_abandoned
+from trustcard.metrics.outcomes import SubmissionOutcome
+from trustcard.metrics.store import count_submission
 from trustcard.settling import settling
 from trustcard.status import CANCEL_FIELD, TaskStatus
 from trustcard.task_batch import BatchIdempotencyKeys, BatchSubmission, BatchTask, check_queue_depths, enqueue_batch
@@ -160,6 +162,7 @@ class TaskService:
             job, callback = enqueue(
                 self.connection, queue, job_type, params, job_id, self.settings,
                 submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
+                counted=not self.settings.redis_min_replicas_ack,
             )
             if self.settings.redis_min_replicas_ack:
                 self._confirm_replicated([job_id])
@@ -173,26 +176,38 @@ class TaskService:
         stored = StoredTask(job, cancel_requested=False, latest=None, callback=callback)
         return Submission(self._view(stored), replayed=False)
 
-    def _confirm_replicated(self, job_ids: Sequence[str]) -> None:
-        """Return once `REDIS_MIN_REPLICAS_ACK` replicas hold the tasks just enqueued (one, or a
-        batch's); else cancel them (best effort: the master may be gone) and refuse the
-        submission, so that a 202 always means a failover cannot lose the tasks."""
+    def replication_shortfall(self, what: str) -> str | None:
+        """None once `REDIS_MIN_REPLICAS_ACK` replicas hold every write the master took so far
+        (so the jobs just enqueued, on any connection); else what they confirmed, for the
+        refusal's message (`0 of 1`, `no answer` when the master was lost meanwhile)."""
         wanted = self.settings.redis_min_replicas_ack
         try:
             holding = replicas_holding(self.connection, wanted)
         except (*REDIS_DOWN_ERRORS, *REDIS_REFUSING_WRITES) as error:  # the master died after the enqueue
-            log.warning("tasks %s: replicas could not confirm them: %s", ", ".join(job_ids), error)
-            holding = None
-        if holding is not None and holding >= wanted:
+            log.warning("%s: replicas could not confirm it: %s", what, error)
+            return "no answer"
+        return None if holding >= wanted else f"{holding} of {wanted}"
+
+    def withdraw(self, task_id: str) -> bool:
+        """Cancel a task whose submission is being refused (best effort: the master may be
+        gone). Its cancel is no end for /metrics, as its submission was never counted
+        accepted; False when it could not be cancelled."""
+        try:
+            self.cancel(task_id, counted=False)
+        except TrustCardError as error:  # unreachable, or a worker ended it already
+            log.warning("task %s: not confirmed by replicas, and not cancelled: %s", task_id, error.message)
+            return False
+        return True
+
+    def _confirm_replicated(self, job_ids: Sequence[str]) -> None:
+        """Return once `REDIS_MIN_REPLICAS_ACK` replicas hold the tasks just enqueued (one, or a
+        batch's), and count them accepted for /metrics only then; else withdraw them and
+        refuse the submission, so that a 202 always means a failover cannot lose the tasks."""
+        confirmed = self.replication_shortfall("tasks " + ", ".join(job_ids))
+        if confirmed is None:
+            count_submission(self.connection, SubmissionOutcome.ACCEPTED, len(job_ids))
             return
-        failed_cancels = 0
-        for job_id in job_ids:
-            try:
-                self.cancel(job_id)
-            except TrustCardError as error:  # unreachable, or a worker ended it already
-                log.warning("task %s: not confirmed by replicas, and not cancelled: %s", job_id, error.message)
-                failed_cancels += 1
-        confirmed = "no answer" if holding is None else f"{holding} of {wanted}"
+        failed_cancels = sum(not self.withdraw(job_id) for job_id in job_ids)
         if len(job_ids) == 1:
             [job_id] = job_ids
             outcome = "cancelling it failed too" if failed_cancels else "it was cancelled"
@@ -255,6 +270,7 @@ class TaskService:
             staged = enqueue_batch(
                 self.connection, queues, tasks, job_ids, self.settings,
                 submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
+                counted=not self.settings.redis_min_replicas_ack,
             )
             if self.settings.redis_min_replicas_ack:
                 self._confirm_replicated(job_ids)
@@ -311,8 +327,9 @@ class TaskService:
         return self._view(stored), progress_log(job_meta(stored.job))
 
     @redis_required
-    def cancel(self, task_id: str) -> TaskView:
-        """A waiting task is taken off its queue; a running one is stopped by its worker."""
+    def cancel(self, task_id: str, *, counted: bool = True) -> TaskView:
+        """A waiting task is taken off its queue; a running one is stopped by its worker.
+        Not `counted`: withdrawn as its submission is refused (`withdraw`)."""
         stored = self._fetch(task_id)
         job = stored.job
         current = self._view(stored)
@@ -325,7 +342,7 @@ class TaskService:
         rq_status = job.get_status(refresh=True)
         if rq_status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
             try:
-                if not cancel_waiting(job):  # counted for /metrics once, in the same transaction
+                if not cancel_waiting(job, counted=counted):  # counted for /metrics once, in the same transaction
                     rq_status = job.get_status(refresh=True)  # a worker started it meanwhile
             except InvalidJobOperation:
                 pass  # already cancelled by someone else

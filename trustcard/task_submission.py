@@ -120,9 +120,11 @@ def enqueue(
     submitted_by: str | None,
     request_id: str | None,
     callback_url: str | None,
+    counted: bool = True,
 ) -> tuple[Job, dict[str, Any] | None]:
     """Enqueue the job under its limits and retry policy, in one MULTI/EXEC; the job and
-    its callback state (None without a callback)."""
+    its callback state (None without a callback). Not `counted` accepted for /metrics when
+    the answer waits for replicas (REDIS_MIN_REPLICAS_ACK): it may yet be refused."""
     # One MULTI/EXEC for the queue registration, the job and its push (RQ sends two).
     with connection.pipeline() as pipeline:
         job, callback = stage(
@@ -131,7 +133,7 @@ def enqueue(
         )
         # Counted for /metrics in the same transaction: no round trip of its own, and a
         # broken counter (its error comes back last) cannot undo or fail the submission.
-        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, 1)
+        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, int(counted))
         for reply in pipeline.execute(raise_on_error=False)[:-1]:
             if isinstance(reply, Exception):
                 raise reply

@@ -24,7 +24,7 @@ from rq.timeouts import JobTimeoutException
 from trustcard.analyses import records
 from trustcard.analyses.callback import deliver_if_ended
 from trustcard.analyses.events import RETRY_MARK, announce
-from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
+from trustcard.analyses.stage_jobs import claim, enqueue_stage, new_job_id
 from trustcard.analyses.stages import TRUST_STAGE, Stage, find
 from trustcard.config import load_settings
 from trustcard.connections import redis_client
@@ -181,12 +181,13 @@ def _connection(job: Job | None) -> Any:
 
 
 def _hand_off(job: Job | None, analysis_id: str, stage_name: str, job_id: str) -> None:
-    """Enqueue the next stage's job (once: an id already in Redis is left as it is)."""
+    """Enqueue the next stage's job, once: an id already in Redis, or claimed by a repair
+    (`trustcard.analyses.stranded`), is left as it is."""
     stage = find(stage_name)
     if stage is None:
         raise UnknownStage(f"Stage {stage_name!r} is not registered in this worker.")
     connection = _connection(job)
-    if connection.exists(Job.key_for(job_id)):
+    if not claim(connection, job_id):
         return
     settings = load_settings()
     meta = job.meta if job is not None else {}

@@ -7,7 +7,9 @@ runs the stages on both).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from datetime import datetime
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from tests import stage_probes
 from tests.integration.test_analyses import PROBE_SITE, post, probe_file
 from tests.integration.test_task_events import read_events
 from tests.support.migrations import upgrade
-from tests.support.paths import ROOT
+from tests.support.paths import BIN, ROOT
 from tests.support.stack import Stack, WebProcess
 
 pytestmark = pytest.mark.integration
@@ -115,3 +117,23 @@ def test_wait_answers_within_a_second_of_the_end_woken_by_the_announcement(
     assert response.status_code == 200 and response.json()["status"] == "completed", response.text
     ended = datetime.fromisoformat(response.json()["ended_at"].replace("Z", "+00:00")).timestamp()
     assert answered - ended < 1.0  # the quiet reader's safety read comes only every 3 s
+
+
+def test_the_cli_follows_an_analysis_on_its_stream_and_shows_each_stage(
+    stack_and_web: tuple[Stack, WebProcess],
+) -> None:
+    _, web = stack_and_web
+    url, shortcode = post()
+    probe_file("sleep", shortcode, "0.5")
+    env = {key: value for key, value in os.environ.items() if key not in ("TRUSTCARD_URL", "API_KEY")}
+    done = subprocess.run([str(BIN / "trustcard"), "--url", web.url, "analyse", url, "--wait"],
+                          capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trust_score"] is None
+    shown = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    every = [f"[{100 * index // len(STAGES):3d}%] {name}" for index, name in enumerate(STAGES)] + ["[100%] completed"]
+    # the stages before the stream's first read are in its `state` (the first line); each after it is a line
+    assert len(shown) >= 3 and shown == every[-len(shown):], done.stderr
+    # followed on the stream, not by polling: one stream opened, no read of the analysis
+    access = [line for line in web.log().splitlines() if '"GET /analyses/' in line]
+    assert sum("/events HTTP" in line for line in access) == 1 and all("/events" in line for line in access), access

@@ -31,9 +31,9 @@ from workers.stages import STAGE_NAMES
 
 pytestmark = pytest.mark.integration
 
-MAX_JOBS_PER_CHILD = 50
-"""The worker's default (`WORKER_MAX_JOBS_PER_CHILD`): the old Celery service also replaced
-its processes after 50 tasks."""
+MAX_JOBS_PER_CHILD = 5
+"""`WORKER_MAX_JOBS_PER_CHILD` for the recycling test only (the default, 1,000, would make it
+submit a thousand tasks to see one replacement)."""
 
 
 def test_add_by_query_and_by_json_body(stack: Stack) -> None:
@@ -298,14 +298,20 @@ def test_rq_and_its_command_line_see_the_worker(stack: Stack) -> None:
     assert stack.client.get("/health").get_json()["workers"] == 1
 
 
-def test_sixty_jobs_in_a_row_complete_across_a_recycled_job_process(stack: Stack) -> None:
-    worker = stack.workers[0]
+def test_max_jobs_per_child_setting_jobs_complete_across_recycled_job_processes(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(WORKER_MAX_JOBS_PER_CHILD=str(MAX_JOBS_PER_CHILD))
+    worker = stack.start_worker()
     first = wait_until(worker.horse, 5, "the worker's job process")
-    task_ids = [stack.submit("/tasks/test/add", json={"x": index, "y": 1000}) for index in range(MAX_JOBS_PER_CHILD + 10)]
+    count = 3 * MAX_JOBS_PER_CHILD + 2
+    task_ids = [stack.submit("/tasks/test/add", json={"x": index, "y": 1000}) for index in range(count)]
     for index, task_id in enumerate(task_ids):
         task = stack.wait_for(task_id)
         assert (task["status"], task["result"]) == ("completed", index + 1000)
     assert worker.horse() not in (None, first)  # more jobs than one job process runs
+    recycled = worker.log().count(f"recycled after {MAX_JOBS_PER_CHILD} jobs")
+    assert recycled >= 3, recycled
     assert worker.poll() is None
 
 

@@ -32,7 +32,7 @@ from trustcard.catalogue import JOB_TYPES, QUEUE_NAMES
 from trustcard.cli import main as cli_main
 from trustcard.cli.client import ApiError, ConnectionFailed, Event, NoEventStream, parse_event_stream
 from trustcard.cli.main import ExitCode, cli, parse_param
-from trustcard.cli.progress import LiveBar, Silent, StageLines, follow, follow_events
+from trustcard.cli.progress import STREAM_RESUMES, LiveBar, Silent, StageLines, follow, follow_events
 from trustcard.config import load_settings
 from workers.job import CatalogueJob
 
@@ -462,11 +462,38 @@ def test_a_server_without_event_streams_is_polled_instead() -> None:
 
 
 def test_a_stream_that_keeps_failing_gives_up_after_the_reconnect_window() -> None:
-    def refused(_last: str | None) -> Iterator[Event]:
+    opened: list[str | None] = []
+
+    def refused(last_id: str | None) -> Iterator[Event]:
+        opened.append(last_id)
         raise ConnectionFailed("refused")
         yield  # pragma: no cover
 
+    polled: list[float] = []
+
+    def down() -> dict[str, Any]:
+        polled.append(clock.now)
+        raise ConnectionFailed("refused")
+
     clock = FakeClock()
     with pytest.raises(ConnectionFailed):
-        follow_events(refused, lambda: {}, Silent(), reconnect_seconds=5, clock=clock, sleep=clock.sleep)
-    assert 5 < clock.now <= 5.5
+        follow_events(refused, down, Silent(), reconnect_seconds=5, clock=clock, sleep=clock.sleep)
+    assert 5 < clock.now <= 5.5  # one window in all: the stream's openings, then polling
+    assert len(opened) == 1 + STREAM_RESUMES and polled and polled[0] == pytest.approx(STREAM_RESUMES * 0.25)
+
+
+def test_a_stream_that_breaks_and_does_not_resume_is_polled_after_its_resumes() -> None:
+    opened: list[str | None] = []
+
+    def cut(last_id: str | None) -> Iterator[Event]:
+        opened.append(last_id)
+        if len(opened) == 1:
+            yield from parse_event_stream(stream_bytes(("progress", "3", {"percent": 20, "stage": "a"})))
+        raise ConnectionFailed("reset")  # a proxy that cuts every stream, before any event once resumed
+
+    display = StageLines(io.StringIO())
+    clock = FakeClock()
+    task = follow_events(cut, scripted([END_VIEW]), display, clock=clock, sleep=clock.sleep)
+    assert task == END_VIEW
+    assert opened == [None] + ["3"] * STREAM_RESUMES  # every resume from the last event seen
+    assert display.stream.getvalue().splitlines() == ["[ 20%] a", "[100%] completed"]

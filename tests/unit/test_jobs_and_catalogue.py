@@ -12,6 +12,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from tests.support.procfile import worker_class
+from trustcard import params
 from trustcard.catalogue import ALL_JOB_TYPES, BY_FUNCTION, BY_NAME, JOB_TYPES, QUEUE_NAMES, find_by_route
 from workers import analysis, diagnostics
 from workers.job import CatalogueJob, JobNotCatalogued
@@ -100,13 +101,30 @@ def test_catalogue_job_runs_catalogued_functions(fake_redis: object) -> None:
     assert isinstance(job, Job)
 
 
-def test_worker_code_never_imports_flask() -> None:
-    """What production runs: the worker class the Procfile names, and the job code."""
+def _modules_loaded_by(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter holds after the Procfile's worker class and `imports`."""
     module, _, name = worker_class().rpartition(".")
     code = (
-        f"import sys, importlib; getattr(importlib.import_module({module!r}), {name!r});"
-        "import workers.analysis, workers.diagnostics, trustcard.catalogue;"
-        "sys.exit(1 if 'flask' in sys.modules else 0)"
+        f"import sys, importlib; getattr(importlib.import_module({module!r}), {name!r}); import {imports};"
+        f"print(','.join(m for m in {modules!r} if m in sys.modules))"
     )
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert ran.returncode == 0, ran.stderr
+    return [loaded for loaded in ran.stdout.strip().split(",") if loaded]
+
+
+def test_worker_code_never_imports_flask() -> None:
+    """What production runs: the worker class the Procfile names, and the job code."""
+    assert _modules_loaded_by("workers.analysis, workers.diagnostics, trustcard.catalogue", ("flask",)) == []
+
+
+def test_the_worker_process_never_imports_pydantic() -> None:
+    """Parameters are validated by the web; the models (pydantic, about 10 MB a process) stay
+    out of a worker until a job needs them (`JobType.params` is looked up on first use)."""
+    imports = "rq.cli.cli, workers.settings, workers.diagnostics, trustcard.catalogue"
+    assert _modules_loaded_by(imports, ("pydantic",)) == []
+
+
+def test_a_job_types_params_model_is_its_named_model() -> None:
+    assert BY_NAME["test.add"].params is params.AddParams
+    assert all(issubclass(job_type.params, params.JobParams) for job_type in ALL_JOB_TYPES)

@@ -94,6 +94,7 @@ def started(job: Job, worker: JobProcessSupervisor, seconds: float) -> Job:
         (202, None, SubmissionOutcome.ACCEPTED),
         (429, "rate_limited", SubmissionOutcome.RATE_LIMITED),
         (503, "queue_full", SubmissionOutcome.QUEUE_FULL),
+        (503, "not_replicated", SubmissionOutcome.NOT_REPLICATED),
         (503, "queue_unavailable", SubmissionOutcome.UNAVAILABLE),
         (500, "internal_error", SubmissionOutcome.UNAVAILABLE),
         (422, "validation_error", SubmissionOutcome.INVALID),
@@ -247,7 +248,8 @@ def test_submissions_counted_by_answer(client: FlaskClient) -> None:
     with client.get(f"/tasks/{task_id}"):
         pass
     counts = submissions(scrape(client))
-    assert counts == {"accepted": 2, "rate_limited": 0, "queue_full": 0, "unavailable": 0, "invalid": 2}
+    assert counts == {"accepted": 2, "rate_limited": 0, "queue_full": 0, "not_replicated": 0, "unavailable": 0,
+                      "invalid": 2}
 
 
 def test_max_queue_depth_setting_counts_queue_full(settings: Settings, fake_redis: fakeredis.FakeRedis) -> None:
@@ -277,7 +279,7 @@ def test_a_rate_limited_submission_is_counted_in_the_limits_own_script_under_bur
         assert response.status_code == 429
         assert submissions(scrape(client))["rate_limited"] == 1  # before the answer is even closed
     assert submissions(scrape(client)) == {
-        "accepted": 1, "rate_limited": 1, "queue_full": 0, "unavailable": 0, "invalid": 0
+        "accepted": 1, "rate_limited": 1, "queue_full": 0, "not_replicated": 0, "unavailable": 0, "invalid": 0
     }
 
 

@@ -14,8 +14,12 @@ import fakeredis
 import pytest
 from flask import Flask
 from redis.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
+from tests.support.migrations import upgrade
 from trustcard import task_service
+from trustcard.analyses import records
 from trustcard.api.app import create_app
 from trustcard.config import load_settings
 from trustcard.config.errors import ConfigError
@@ -26,9 +30,11 @@ from trustcard.connections import (
     worker_redis_url,
     worker_sentinel,
 )
-from trustcard.metrics.store import SUBMISSIONS_KEY
+from trustcard.metrics.store import SUBMISSIONS_KEY, TASKS_ENDED_KEY
 from trustcard.sentinel_url import SentinelURL, parse_sentinel_url
 from trustcard.task_submission import REPLICA_ACK_TIMEOUT_MS, replicas_holding
+from workers import storage
+from workers.analysis_runner import run_stage
 
 URL = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26380,sentinel-3/trustcard/2"
 
@@ -296,3 +302,154 @@ def test_with_REDIS_MIN_REPLICAS_ACK_1_an_unconfirmed_batch_answers_503_and_canc
     assert body["error"] == "not_replicated" and len(body["task_ids"]) == 2 and "batch's 2 tasks" in body["message"]
     for task_id in body["task_ids"]:
         assert client.get(f"/tasks/{task_id}").get_json()["status"] == "cancelled"
+
+
+# --- REDIS_MIN_REPLICAS_ACK and /metrics: a refused submission is no accepted one ---------
+
+
+def submission_counts(redis: fakeredis.FakeRedis) -> dict[str, int]:
+    return {key.decode(): int(value) for key, value in redis.hgetall(SUBMISSIONS_KEY).items() if int(value)}
+
+
+def test_a_submission_answered_not_replicated_is_counted_refused_not_accepted_and_its_cancel_no_end(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, fake_redis: fakeredis.FakeRedis
+) -> None:
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, _wanted: 0)
+    client = make_app(REDIS_MIN_REPLICAS_ACK="1").test_client()
+    with client.post("/tasks/test/add?x=1&y=2") as response:
+        assert response.status_code == 503 and response.get_json()["error"] == "not_replicated"
+    with client.post("/tasks/batch", json=BATCH) as response:
+        assert response.status_code == 503 and response.get_json()["error"] == "not_replicated"
+    assert submission_counts(fake_redis) == {"not_replicated": 3}  # a batch counts each of its tasks
+    assert fake_redis.hgetall(TASKS_ENDED_KEY) == {}  # withdrawn, never accepted: no end either
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, _wanted: 1)
+    with client.post("/tasks/test/add?x=1&y=2") as response:
+        assert response.status_code == 202
+    with client.post("/tasks/batch", json=BATCH) as response:
+        assert response.status_code == 202
+    assert submission_counts(fake_redis) == {"not_replicated": 3, "accepted": 3}  # counted once confirmed
+
+
+def test_at_default_settings_a_submission_is_counted_accepted_in_its_enqueue_transaction(
+    make_app: Any, fake_redis: fakeredis.FakeRedis
+) -> None:
+    client = make_app().test_client()
+    with client.post("/tasks/test/add?x=1&y=2") as response:
+        assert response.status_code == 202
+        assert submission_counts(fake_redis) == {"accepted": 1}  # before the answer is even closed
+
+
+# --- REDIS_MIN_REPLICAS_ACK for analyses: the first stage's job confirmed, or 503 --------
+
+ANALYSED = "https://www.instagram.com/p/REPLICA1/"
+
+
+@pytest.fixture
+def analyses_app(tmp_path: Path, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Apps with the analyses' tables migrated; the stage jobs, run here, use the same database."""
+    database = f"sqlite:///{tmp_path / 'analyses.db'}"
+    upgrade(database)
+    monkeypatch.setenv("DATABASE_URL", database)
+    monkeypatch.setattr(storage, "_engine", None)
+    apps: list[Flask] = []
+
+    def build(**env: str) -> Flask:
+        app = create_app(load_settings({"DATABASE_URL": database, "SECRET_KEY": "unit", **env}), redis=fake_redis)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["trustcard.engine"].dispose()
+    storage.engine().dispose()
+    monkeypatch.setattr(storage, "_engine", None)
+
+
+def first_job_id(analysis: dict[str, Any], app: Flask) -> str:
+    row = records.read(app.extensions["trustcard.engine"], analysis["id"])
+    assert row is not None
+    return str(row.stages[0]["job_id"])
+
+
+def test_at_default_settings_an_analysis_does_not_wait_for_replicas(
+    analyses_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: Any) -> int:
+        raise AssertionError("WAIT sent with REDIS_MIN_REPLICAS_ACK=0")
+
+    monkeypatch.setattr(task_service, "replicas_holding", refuse)
+    response = analyses_app().test_client().post("/analyses", json={"url": ANALYSED})
+    assert response.status_code == 202, response.get_json()
+
+
+def test_with_REDIS_MIN_REPLICAS_ACK_1_a_confirmed_analysis_answers_202_after_one_wait(
+    analyses_app: Any, monkeypatch: pytest.MonkeyPatch, fake_redis: fakeredis.FakeRedis
+) -> None:
+    asked: list[int] = []
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, wanted: asked.append(wanted) or 1)
+    app = analyses_app(REDIS_MIN_REPLICAS_ACK="1")
+    response = app.test_client().post("/analyses", json={"url": ANALYSED})
+    assert response.status_code == 202, response.get_json()
+    assert asked == [1] and response.get_json()["status"] == "pending"
+    assert Job.fetch(first_job_id(response.get_json(), app), connection=fake_redis,
+                     serializer=JSONSerializer).get_status() == "queued"
+    again = app.test_client().post("/analyses", json={"url": ANALYSED})
+    assert again.status_code == 200 and asked == [1]  # the analysis under way: nothing new to confirm
+
+
+def test_with_REDIS_MIN_REPLICAS_ACK_1_an_unconfirmed_analysis_answers_503_reads_failed_and_never_runs(
+    analyses_app: Any, monkeypatch: pytest.MonkeyPatch, fake_redis: fakeredis.FakeRedis
+) -> None:
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, _wanted: 0)
+    app = analyses_app(REDIS_MIN_REPLICAS_ACK="1")
+    client = app.test_client()
+    response = client.post("/analyses", json={"url": ANALYSED}, headers={"Idempotency-Key": "post-1"})
+    body = response.get_json()
+    assert response.status_code == 503, body
+    assert body["error"] == "not_replicated" and response.headers["Retry-After"] == "2"
+    assert "0 of 1" in body["message"] and "reads failed" in body["message"]
+    analysis = client.get(f"/analyses/{body['analysis_id']}").get_json()
+    assert analysis["status"] == "failed" and analysis["failed_stage"] == "content"
+    assert analysis["error"].startswith("Not accepted: Redis replicas did not confirm")
+    job_id = first_job_id(analysis, app)
+    assert client.get(f"/tasks/{job_id}").get_json()["status"] == "cancelled"  # not left to run on this master
+    assert fake_redis.hgetall(TASKS_ENDED_KEY) == {}  # a withdrawn stage job is no end for /metrics
+    # a failover that brings the job back uncancelled: it finds the analysis not under way
+    assert run_stage(analysis["id"], "content") == {
+        "analysis_id": analysis["id"], "stage": "content", "ran": False, "reason": "analysis not under way"}
+    assert client.get(f"/analyses/{analysis['id']}").get_json()["status"] == "failed"
+    # submitted again once replicas answer: a new analysis (the failed one is not under way), same key
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, _wanted: 1)
+    again = client.post("/analyses", json={"url": ANALYSED}, headers={"Idempotency-Key": "post-1"})
+    assert again.status_code == 202 and again.get_json()["id"] != analysis["id"]
+
+
+def test_with_REDIS_MIN_REPLICAS_ACK_1_an_unconfirmed_retry_answers_503_and_can_be_retried(
+    analyses_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, _wanted: 0)
+    client = analyses_app(REDIS_MIN_REPLICAS_ACK="1").test_client()
+    analysis_id = client.post("/analyses", json={"url": ANALYSED}).get_json()["analysis_id"]
+    response = client.post(f"/analyses/{analysis_id}/retry")
+    assert response.status_code == 503 and response.get_json()["error"] == "not_replicated"
+    assert response.get_json()["analysis_id"] == analysis_id and "not resumed" in response.get_json()["message"]
+    assert client.get(f"/analyses/{analysis_id}").get_json()["error"].startswith("Not resumed:")
+    monkeypatch.setattr(task_service, "replicas_holding", lambda _connection, _wanted: 1)
+    resumed = client.post(f"/analyses/{analysis_id}/retry")
+    assert resumed.status_code == 202 and resumed.get_json()["status"] == "pending"
+
+
+def test_with_REDIS_MIN_REPLICAS_ACK_1_a_master_lost_during_an_analysis_wait_answers_503_not_500(
+    analyses_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def lost(*_: Any) -> int:
+        raise RedisConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(task_service, "replicas_holding", lost)
+    client = analyses_app(REDIS_MIN_REPLICAS_ACK="1").test_client()
+    response = client.post("/analyses", json={"url": ANALYSED})
+    assert response.status_code == 503, response.get_json()
+    assert response.get_json()["error"] == "not_replicated" and "no answer" in response.get_json()["message"]
+    assert client.get(f"/analyses/{response.get_json()['analysis_id']}").get_json()["status"] == "failed"

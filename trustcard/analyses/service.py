@@ -22,7 +22,8 @@ from trustcard.analyses import listing, records
 from trustcard.analyses.callback import deliver_if_ended
 from trustcard.analyses.events import announce
 from trustcard.analyses.following import fail_unrecorded_stage
-from trustcard.analyses.stage_jobs import enqueue_stage, new_job_id
+from trustcard.analyses.stage_jobs import claim, enqueue_stage, new_job_id
+from trustcard.analyses.stranded import queue_if_stranded
 from trustcard.analyses.stages import find, stages
 from trustcard.analyses.urls import PostURLRefused, parse_post_url
 from trustcard.analyses.view import analysis_view
@@ -33,13 +34,13 @@ from trustcard.exceptions import (
     AnalysisNotFound,
     AnalysisNotRetryable,
     DatabaseUnavailable,
+    QueueNotReplicated,
     QueueUnavailable,
     TaskAlreadyEnded,
     TaskNotFound,
     ValidationFailed,
 )
 from trustcard.models import Analysis
-from trustcard.params import NoParams
 from trustcard.task_service import TaskService, redis_required
 from trustcard.task_submission import IdempotencyKeys, check_callback
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-SUBMISSION = JobType(name="analyses", function="", params=NoParams, summary="POST /analyses", internal=True)
+SUBMISSION = JobType(name="analyses", function="", params_model="NoParams", summary="POST /analyses", internal=True)
 """What an Idempotency-Key of an analysis is claimed for (never enqueued)."""
 CANCELLED = "Cancelled on request."
 ENDED = ("completed", "failed", "cancelled")
@@ -140,6 +141,7 @@ class AnalysisService:
         except BaseException as error:
             self._fail(analysis_id, f"Could not be queued: {type(error).__name__}.")
             raise
+        self._confirm_replicated(analysis_id, first_job, "accepted")
         log.info("analysis %s of %s submitted", analysis_id, url)
         return row
 
@@ -148,8 +150,39 @@ class AnalysisService:
         stage = find(stage_name)
         if stage is None:
             raise AnalysisNotRetryable(f"Stage {stage_name!r} is no longer registered.")
+        if not claim(self.connection, job_id):
+            return  # enqueued already, by a repair of a stage left with no job (`stranded`)
         enqueue_stage(self.connection, analysis_id, stage, job_id, result_ttl=self.settings.result_ttl,
                       failure_ttl=self.settings.failure_ttl, submitted_by=submitted_by, request_id=request_id)
+
+    def _confirm_replicated(self, analysis_id: str, job_id: str, what: str) -> None:
+        """With REDIS_MIN_REPLICAS_ACK, return once that many replicas hold the stage job just
+        enqueued (as a task's submission does); else refuse with 503 `not_replicated`.
+
+        The refused analysis is failed, not cancelled nor left to retry itself: the row is
+        the record and lives in the database, which no Redis failover rolls back, so once it
+        reads failed no copy of its job can run it (a stage job finds it not under way and
+        does nothing), a new POST /analyses of the post is not answered with it (only pending
+        and running analyses are), and POST /analyses/<id>/retry can still resume it.
+        "Cancelled" would say a client asked for it; retrying here would hold the request
+        beyond the replicas' wait. Its job is cancelled too, best effort, so that it does not
+        run on this master meanwhile; neither counts for /metrics, nor sends the callback.
+        """
+        if not self.settings.redis_min_replicas_ack:
+            return
+        confirmed = self.tasks.replication_shortfall(f"analysis {analysis_id}")
+        if confirmed is None:
+            return
+        self.tasks.withdraw(job_id)
+        again = "submit it again" if what == "accepted" else "retry it again"
+        self._fail(analysis_id, f"Not {what}: Redis replicas did not confirm the job of its next stage in time "
+                                f"({confirmed}); {again}.")
+        raise QueueNotReplicated(
+            f"Analysis {analysis_id} was not {what}: the job of its next stage was written to the Redis master, but "
+            f"replicas did not confirm it in time ({confirmed}). The analysis now reads failed and will not run; "
+            f"{again} after Retry-After.",
+            analysis_id=analysis_id,
+        )
 
     def _fail(self, analysis_id: str, reason: str) -> None:
         def apply(row: Analysis, entries: records.StageEntries) -> None:
@@ -178,6 +211,9 @@ class AnalysisService:
         current = next((e for e in row.stages if e["status"] in ("pending", "running") and e.get("job_id")), None)
         if row.status == "running" and (current is None or current["status"] == "pending"):
             self._hand_on_if_stranded(row)
+        if queue_if_stranded(self.connection, row, result_ttl=self.settings.result_ttl,
+                             failure_ttl=self.settings.failure_ttl):
+            return row
         if current is None:
             return row
         try:
@@ -203,7 +239,7 @@ class AnalysisService:
         if previous["status"] != "completed" or not previous.get("job_id") or not entry.get("job_id"):
             return
         if self.connection.exists(Job.key_for(str(entry["job_id"]))):
-            return
+            return  # (the claim below checks it too; this spares the job read that follows)
         try:
             handing_on = self.tasks.get(str(previous["job_id"]))
         except (TaskNotFound, QueueUnavailable):  # Redis flushed or down: nothing to go on
@@ -284,5 +320,6 @@ class AnalysisService:
         except BaseException as error:
             self._fail(analysis_id, f"Could not be queued: {type(error).__name__}.")
             raise
+        self._confirm_replicated(analysis_id, job_id, "resumed")
         log.info("analysis %s resumed at stage %s", analysis_id, stage_name)
         return analysis_view(self._row(analysis_id))

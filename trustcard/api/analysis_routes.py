@@ -31,6 +31,7 @@ from trustcard.exceptions import (
     DatabaseUnavailable,
     IdempotencyKeyReused,
     PayloadTooLarge,
+    QueueNotReplicated,
     QueueUnavailable,
     ValidationFailed,
 )
@@ -79,7 +80,8 @@ def _location(analysis_id: str) -> dict[str, str]:
             {"type": "string", "format": "uri", "maxLength": MAX_CALLBACK_LENGTH})),
         raises=(Raises(BadRequest, "The body is not a JSON object with `url`"), IdempotencyKeyReused,
                 PayloadTooLarge, Raises(ValidationFailed, "The URL is not an Instagram post (the problem says "
-                                        "what is wrong with it), or the Callback-URL is refused"), QueueUnavailable, DatabaseUnavailable),
+                                        "what is wrong with it), or the Callback-URL is refused"), QueueUnavailable,
+                QueueNotReplicated, DatabaseUnavailable),
         guard=API_KEY_GUARD,
         rate_limited=True,
     )
@@ -217,7 +219,7 @@ def cancel(analysis_id: str) -> Response:
         {202: Answer("Resumed: that stage is queued; the stages before it are not run again.",
                      schemas.Analysis, headers={"Location": LOCATION})},
         parameters=(ANALYSIS_ID,),
-        raises=(AnalysisNotFound, AnalysisNotRetryable, QueueUnavailable, DatabaseUnavailable),
+        raises=(AnalysisNotFound, AnalysisNotRetryable, QueueUnavailable, QueueNotReplicated, DatabaseUnavailable),
         guard=API_KEY_GUARD,
         rate_limited=True,
     )

@@ -1,4 +1,9 @@
-"""`trustcard analyse URL [--wait]`: submit a post's analysis and follow its stages."""
+"""`trustcard analyse URL [--wait]`: submit a post's analysis and follow its stages.
+
+`--wait` follows the analysis on its event stream, as `submit --wait` follows a task (one
+follower, `trustcard.cli.progress.follow_events`): a line (or the bar) moves as each stage
+starts, the end is seen at once, and a server without the stream is polled instead.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 import click
 
 from trustcard.cli.main import EXIT_STATUS_HELP, OUTCOMES, Context, ExitCode, cli, emit, json_option
-from trustcard.cli.progress import display_for, follow
+from trustcard.cli.progress import display_for, follow_events
 
 
 @cli.command(epilog=EXIT_STATUS_HELP)
@@ -34,7 +39,11 @@ def analyse(ctx: click.Context, url: str, wait: bool) -> None:
     if not obj.as_json:
         click.echo(f"analysis {analysis['id']} of {analysis['url']}", err=True)
     try:
-        ended = follow(lambda: obj.client.analysis(analysis["id"]), display_for(sys.stderr, obj.as_json))
+        ended = follow_events(
+            lambda last_id: obj.client.analysis_events(analysis["id"], last_id),
+            lambda: obj.client.analysis(analysis["id"]),
+            display_for(sys.stderr, obj.as_json),
+        )
     except KeyboardInterrupt:
         click.echo(f"stopped following analysis {analysis['id']}; it carries on", err=True)
         raise click.exceptions.Exit(ExitCode.INTERRUPTED) from None

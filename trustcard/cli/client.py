@@ -54,7 +54,7 @@ class ApiError(Exception):
 
 
 class NoEventStream(Exception):
-    """The server does not stream this task's events (an older server): poll instead."""
+    """The server does not stream this task's or analysis's events (an older server): poll instead."""
 
 
 @dataclass(frozen=True)
@@ -98,23 +98,31 @@ class ApiClient:
             raise ConnectionFailed(f"cannot reach {self.base_url}: {reason}") from None
 
     def events(self, task_id: str, last_event_id: str | None = None) -> Iterator[Event]:
-        """The task's event stream (`GET /tasks/<id>/events`), from after `last_event_id`.
+        """The task's event stream (`GET /tasks/<id>/events`), from after `last_event_id`."""
+        return self._event_stream(f"/tasks/{_segment(task_id)}/events", f"task {task_id}", last_event_id)
 
-        `NoEventStream` when the server answers anything but an event stream (404, 405, JSON):
-        the caller falls back to polling. Comments (heartbeats) are skipped.
+    def analysis_events(self, analysis_id: str, last_event_id: str | None = None) -> Iterator[Event]:
+        """The analysis's event stream (`GET /analyses/<id>/events`), from after `last_event_id`."""
+        return self._event_stream(f"/analyses/{_segment(analysis_id)}/events", f"analysis {analysis_id}",
+                                  last_event_id)
+
+    def _event_stream(self, path: str, what: str, last_event_id: str | None) -> Iterator[Event]:
+        """The events at `path` (about `what`, for messages), from after `last_event_id`.
+
+        `NoEventStream` when the server answers anything but an event stream (404, 405, 406,
+        501, JSON): the caller falls back to polling. Comments (heartbeats) are skipped.
         """
         headers = {"Accept": EVENT_STREAM, "User-Agent": USER_AGENT, "Cache-Control": "no-cache"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
-        url = f"{self.base_url}/tasks/{_segment(task_id)}/events"
-        request = urllib.request.Request(url, method="GET", headers=headers)
+        request = urllib.request.Request(self.base_url + path, method="GET", headers=headers)
         try:
             response = urllib.request.urlopen(request, timeout=STREAM_TIMEOUT_SECONDS)
         except urllib.error.HTTPError as error:
             if error.code in (404, 405, 406, 501):
-                raise NoEventStream(f"no event stream for task {task_id} (HTTP {error.code})") from None
+                raise NoEventStream(f"no event stream for {what} (HTTP {error.code})") from None
             raise _api_error(error) from None
         except ValueError as error:
             raise ConnectionFailed(f"cannot use {self.base_url!r} as the API's address: {error}") from None
@@ -126,7 +134,7 @@ class ApiClient:
             try:
                 yield from parse_event_stream(response)
             except OSError as error:  # reset, or silent past the heartbeat: the caller reconnects
-                raise ConnectionFailed(f"the event stream of task {task_id} broke: {error}") from None
+                raise ConnectionFailed(f"the event stream of {what} broke: {error}") from None
 
     def submit(self, job_name: str, params: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", "/tasks/" + job_name.replace(".", "/"), params))

@@ -6,10 +6,12 @@ dependency); when stderr is a file or a pipe it becomes one line per new stage, 
 logs and CI output keep readable; with `--json` nothing is shown. stdout is left for the
 result, so `trustcard submit ... --wait > result.json` works with or without a terminal.
 
-A task is followed on its event stream (`GET /tasks/<id>/events`): the server pushes each
-progress and the end, so the end is seen within milliseconds and nothing is polled. A stream
-that breaks is opened again with `Last-Event-ID`, so nothing is missed; against a server
-without event streams the task is polled every `POLL_SECONDS` instead.
+A task is followed on its event stream (`GET /tasks/<id>/events`), an analysis on its own
+(`GET /analyses/<id>/events`, a view per stage transition), by the same `follow_events`: the
+server pushes each progress and the end, so the end is seen within milliseconds and nothing
+is polled. A stream that breaks is opened again with `Last-Event-ID`, so nothing is missed;
+against a server without event streams the task or analysis is polled every `POLL_SECONDS`
+instead.
 
 While following, the API may be briefly unreachable (a deploy restarts the web, Redis
 restarts): such failures are retried for `RECONNECT_SECONDS` before giving up.
@@ -33,6 +35,12 @@ POLL_SECONDS = 0.25
 
 RECONNECT_SECONDS = 30.0
 """How long a wait survives an API that does not answer (or answers 5xx or 429) before giving up."""
+
+STREAM_RESUMES = 3
+"""How often a broken event stream is opened again (with Last-Event-ID) without an event
+before the follower polls instead: enough for a stream cut once by a router or a worker
+recycled, few enough that a proxy that never lets a stream through costs about a second.
+Polling then rides out the rest of an outage (a deploy) as it always did."""
 
 ENDED = frozenset({"completed", "failed", "cancelled"})
 
@@ -144,25 +152,37 @@ def follow(
     4xx answers (unknown task, bad key) end the wait at once; an unreachable API, a 5xx or a
     429 is retried until `reconnect_seconds` have passed without a good answer.
     """
-    last_answer = clock()
     try:
-        while True:
-            try:
-                task = fetch()
-            except (ConnectionFailed, ApiError) as error:
-                if isinstance(error, ApiError) and error.status < 500 and error.status != 429:
-                    raise
-                if clock() - last_answer > reconnect_seconds:
-                    raise
-                log.debug("no answer while following, retrying: %s", error)
-            else:
-                last_answer = clock()
-                display.show(task)
-                if task["status"] in ENDED:
-                    return task
-            sleep(poll_seconds)
+        return _poll(fetch, display, poll_seconds, reconnect_seconds, clock, sleep)
     finally:
         display.close()
+
+
+def _poll(
+    fetch: Callable[[], dict[str, Any]],
+    display: Display,
+    poll_seconds: float,
+    reconnect_seconds: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> dict[str, Any]:
+    """`follow` without closing the display (its callers close it once)."""
+    last_answer = clock()
+    while True:
+        try:
+            task = fetch()
+        except (ConnectionFailed, ApiError) as error:
+            if isinstance(error, ApiError) and error.status < 500 and error.status != 429:
+                raise
+            if clock() - last_answer > reconnect_seconds:
+                raise
+            log.debug("no answer while following, retrying: %s", error)
+        else:
+            last_answer = clock()
+            display.show(task)
+            if task["status"] in ENDED:
+                return task
+        sleep(poll_seconds)
 
 
 def follow_events(
@@ -174,51 +194,90 @@ def follow_events(
     sleep: Callable[[float], None] = time.sleep,
     poll_seconds: float = POLL_SECONDS,
 ) -> dict[str, Any]:
-    """Follow the task on its event stream until its `end` event; return the final view.
+    """Follow a task or an analysis on its event stream until its `end` event; return the final view.
 
     `open_stream(last_event_id)` opens the stream from after that id. A broken stream is opened
-    again from the last id seen, for up to `reconnect_seconds` without an event; a server
-    without streams (`NoEventStream`) is polled with `fetch` instead, as `follow` does.
+    again from the last id seen; after `STREAM_RESUMES` openings in a row without an event (a
+    proxy that cuts streams, a web that cannot serve them) it is polled with `fetch` instead,
+    as is a server without streams (`NoEventStream`) at once. Either way the wait gives up
+    once `reconnect_seconds` have passed without an event or an answer.
     """
     last_id: str | None = None
     failing_since: float | None = None  # when the stream last broke, until an event comes again
+    failed_openings = 0  # since the last event
     try:
         while True:
             try:
                 for event in open_stream(last_id):
-                    failing_since = None
+                    failing_since, failed_openings = None, 0
                     if event.id is not None:
                         last_id = event.id
-                    task = _task_of(event)
+                    task = _view_of(event)
                     if task is None:
                         continue
                     display.show(task)
                     if event.name == "end" or task["status"] in ENDED:
                         return task
-                problem: Exception = ConnectionFailed("the event stream kept closing before the task's end")
+                problem: Exception = ConnectionFailed("the event stream kept closing before the end")
             except NoEventStream as reason:
                 log.debug("polling instead: %s", reason)
-                return follow(fetch, display, poll_seconds, reconnect_seconds, clock, sleep)
+                return _poll(fetch, display, poll_seconds, reconnect_seconds, clock, sleep)
             except (ConnectionFailed, ApiError) as error:
                 if isinstance(error, ApiError) and error.status < 500 and error.status != 429:
                     raise
                 problem = error
             failing_since = clock() if failing_since is None else failing_since
-            if clock() - failing_since > reconnect_seconds:
+            left = reconnect_seconds - (clock() - failing_since)
+            if left < 0:
                 raise problem
+            failed_openings += 1
+            if failed_openings > STREAM_RESUMES:
+                log.debug("the event stream did not resume from %s (%s); polling instead", last_id, problem)
+                return _poll(fetch, display, poll_seconds, left, clock, sleep)
             log.debug("event stream broke, opening it again from %s: %s", last_id, problem)
             sleep(poll_seconds)
     finally:
         display.close()
 
 
-def _task_of(event: Event) -> dict[str, Any] | None:
-    """What to show for an event: a task view as it is, a progress object as a running task's."""
+def _view_of(event: Event) -> dict[str, Any] | None:
+    """What to show for an event: a task's or an analysis's view as it is (a task's `state`
+    and `end`, an analysis's `state` and `end`), an analysis's `update` as the progress it
+    made, a task's progress object as a running task's."""
     data = event.data
     if not isinstance(data, dict):
         return None
-    if "status" in data and "task_id" in data:
+    transition = data.get("transition") if event.name == "update" else None
+    if isinstance(transition, dict):
+        return _stage_progress(data, transition)
+    if "status" in data and ("task_id" in data or "id" in data):
         return data
     if event.name == "progress":
         return {"status": "started", "progress": data}
     return None
+
+
+def _stage_progress(view: dict[str, Any], transition: dict[str, Any]) -> dict[str, Any] | None:
+    """An analysis's `update`, shown as the analysis stood right after its transition.
+
+    Its view is the row as read when the event was sent, so transitions that came close
+    together (or were replayed after a reconnect) all carry the latest progress; the
+    transition itself says how far it was: a stage started, or completed with the next one
+    due (what the view's `progress` says when polled). So each stage is shown once, in order.
+    Other transitions show nothing: the `end` event, or the stage's next run, follows them.
+    """
+    stages = view.get("stages")
+    stages = stages if isinstance(stages, list) else []
+    try:
+        index = int(transition.get("index") or 0)
+    except (TypeError, ValueError):
+        return None
+    status = transition.get("status")
+    if status == "running":
+        done, stage = index, transition.get("stage")
+    elif status == "completed" and index + 1 < len(stages) and isinstance(stages[index + 1], dict):
+        done, stage = index + 1, stages[index + 1].get("name")
+    else:
+        return None
+    shown = {key: value for key, value in view.items() if key != "transition"}
+    return {**shown, "status": "running", "progress": {"percent": 100 * done // len(stages), "stage": stage}}

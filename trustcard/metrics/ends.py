@@ -32,17 +32,20 @@ ABANDONED_MARKER_PREFIX = "trustcard:metrics:abandoned:"
 ABANDONED_MARKER_TTL_SECONDS = 86400
 
 
-def cancel_waiting(job: Job) -> bool:
+def cancel_waiting(job: Job, *, counted: bool = True) -> bool:
     """Cancel `job` if it is still waiting, and count it cancelled in the same transaction.
 
     False when there was nothing to cancel here: someone else cancelled it first, or it
-    started meanwhile (it is running now: stopping it is the caller's business).
+    started meanwhile (it is running now: stopping it is the caller's business). Not
+    `counted`: a task withdrawn because its submission was refused (503 `not_replicated`),
+    which was never counted accepted, so its end is no end of /metrics' (nor a webhook's).
     """
     if job.has_rate_limit:  # RQ refuses a caller's pipeline for these; none is catalogued
         if job.get_status(refresh=True) not in WAITING_STATUSES:
             return False
         job.cancel()
-        count_end(job.connection, job, TaskOutcome.CANCELLED, timed=False)
+        if counted:
+            count_end(job.connection, job, TaskOutcome.CANCELLED, timed=False)
         return True
     with job.connection.pipeline() as pipeline:
         while True:
@@ -52,7 +55,8 @@ def cancel_waiting(job: Job) -> bool:
                     return False
                 pipeline.multi()
                 job.cancel(pipeline=pipeline)
-                add_end(pipeline, job, TaskOutcome.CANCELLED, timed=False)
+                if counted:
+                    add_end(pipeline, job, TaskOutcome.CANCELLED, timed=False)
                 pipeline.execute()
                 return True
             except WatchError:

@@ -40,6 +40,7 @@ class SubmissionOutcome(str, Enum):
     ACCEPTED = "accepted"
     RATE_LIMITED = "rate_limited"
     QUEUE_FULL = "queue_full"
+    NOT_REPLICATED = "not_replicated"
     UNAVAILABLE = "unavailable"
     INVALID = "invalid"
 
@@ -47,8 +48,9 @@ class SubmissionOutcome(str, Enum):
 def submission_outcome(status_code: int, error_code: str | None) -> SubmissionOutcome | None:
     """The outcome of a submission from its answer (None: not an answer we count).
 
-    202 accepted (an idempotent replay too), 429 rate limited, 503 `queue_full` or any other
-    5xx unavailable, any other 4xx invalid (bad parameters, unknown type, no key, ...).
+    202 accepted (an idempotent replay too), 429 rate limited, 503 `queue_full`, 503
+    `not_replicated` (written to the Redis master, withdrawn as too few replicas confirmed it)
+    or any other 5xx unavailable, any other 4xx invalid (bad parameters, unknown type, no key, ...).
     """
     if status_code == 202:
         return SubmissionOutcome.ACCEPTED
@@ -56,6 +58,8 @@ def submission_outcome(status_code: int, error_code: str | None) -> SubmissionOu
         return SubmissionOutcome.RATE_LIMITED
     if status_code == 503 and error_code == "queue_full":
         return SubmissionOutcome.QUEUE_FULL
+    if status_code == 503 and error_code == "not_replicated":
+        return SubmissionOutcome.NOT_REPLICATED
     if 500 <= status_code < 600:
         return SubmissionOutcome.UNAVAILABLE
     if 400 <= status_code < 500:

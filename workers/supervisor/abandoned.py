@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq.registry import StartedJobRegistry
 
+from trustcard.catalogue import ANALYSIS_STAGE
 from trustcard.metrics.ends import count_if_abandoned
 from trustcard.settling import settling
-from workers.stage_failures import follow_if_abandoned
 
 if TYPE_CHECKING:
+    from rq.job import Job
     from rq.queue import Queue
     from rq.worker import Worker
 
@@ -70,11 +71,19 @@ def settle_abandoned(worker: Worker, taken_seen: dict[str, float] | None = None)
             registry = StartedJobRegistry(
                 queue.name, connection=worker.connection, job_class=worker.job_class, serializer=worker.serializer
             )
-            registry.cleanup(exception_handlers=[count_if_abandoned, follow_if_abandoned])
+            registry.cleanup(exception_handlers=[count_if_abandoned, _follow_if_abandoned])
             if taken_seen is not None:
                 put_back_taken(worker, queue, taken_seen)
         checked.append(queue.name)
     return checked
+
+
+def _follow_if_abandoned(job: Job, *exc_info: Any) -> None:
+    """`stage_failures.follow_if_abandoned`, imported (with the database layer) only for a stage job."""
+    if (job.meta or {}).get("job_type") == ANALYSIS_STAGE.name:
+        from workers.stage_failures import follow_if_abandoned
+
+        follow_if_abandoned(job, *exc_info)
 
 
 def put_back_taken(worker: Worker, queue: Queue, seen: dict[str, float], moment: float | None = None) -> list[str]:

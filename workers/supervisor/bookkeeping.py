@@ -380,9 +380,11 @@ class Bookkeeper:
                 raise RedisTimeoutError("no answer to a blocking wait")
             answered = sorted(by_socket[sock] for sock in ready)
             rest = [index for index in range(len(waits)) if index not in answered]
-            if all(waits[index][1] for index in rest):
-                for index in rest:
-                    self.connection.client_unblock(waits[index][1])
+            if rest and all(waits[index][1] for index in rest):
+                with self.connection.pipeline(transaction=False) as pipeline:
+                    for index in rest:
+                        pipeline.client_unblock(waits[index][1])
+                    pipeline.execute()
             for index in answered + rest:
                 job_id = waits[index][0].read_response()
                 if job_id is not None:

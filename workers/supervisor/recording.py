@@ -34,6 +34,7 @@ from rq.utils import now
 from rq.worker import Worker
 
 from trustcard import failures, rq_seams
+from trustcard.catalogue import ANALYSIS_STAGE
 from trustcard.config import load_settings
 from trustcard import task_ends
 from trustcard.metrics.ends import count_if_abandoned
@@ -41,7 +42,6 @@ from trustcard.metrics.outcomes import TaskOutcome
 from trustcard.status import summarise_failure
 from workers.job import CatalogueJob
 from workers.job_facts import preview
-from workers.stage_failures import follow_stage_failure
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -232,7 +232,9 @@ class RecordingWorker(Worker):
         with self._counting_end(job, outcome):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         self.log.warning("task %s failed: %s", job.id, summarise_failure(exc_string))
-        if outcome is TaskOutcome.FAILED:
+        if outcome is TaskOutcome.FAILED and (job.meta or {}).get("job_type") == ANALYSIS_STAGE.name:
+            from workers.stage_failures import follow_stage_failure  # the database layer: only when needed
+
             follow_stage_failure(job, summarise_failure(exc_string))
 
     def handle_job_retry(

@@ -15,8 +15,8 @@ itself with lean bookkeeping, and stays as the supervisor that RQ's parent proce
   signal that killed it, within moments (`deaths`); a fresh job process takes over;
 - the tasks of a worker that vanished (killed, or its host cut off) are failed as abandoned,
   or retried, about a minute after its last heartbeat (`abandoned`), read or not;
-- it replaces the job process after `WORKER_MAX_JOBS_PER_CHILD` jobs (default 50, as
-  the old Celery service did) or when its peak memory passes `WORKER_MAX_CHILD_MEMORY_MB`;
+- it replaces the job process after `WORKER_MAX_JOBS_PER_CHILD` jobs (default 1,000) or
+  when its peak memory passes `WORKER_MAX_CHILD_MEMORY_MB` (the leak guard that matters);
 - on SIGTERM it takes no new job, gives the running one `WORKER_SHUTDOWN_GRACE` seconds,
   then kills it and hands it back to its queue (a second SIGTERM does that at once).
 
@@ -43,6 +43,7 @@ from trustcard.failures import KillReason
 from workers.supervisor import process
 from workers.supervisor.abandoned import CHECK_SECONDS as ABANDONED_CHECK_SECONDS
 from workers.supervisor.abandoned import settle_abandoned
+from workers.supervisor.stranded import StrandedAnalyses
 from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
@@ -81,6 +82,10 @@ class JobProcessSupervisor(CommandsMixin):
         self._respawn_pause = 0.0
         self._next_abandoned_check = 0.0
         self._taken_seen: dict[str, float] = {}
+        """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
+        self._stranded = StrandedAnalyses()
+        self._next_stranded_check = time.monotonic() + ABANDONED_CHECK_SECONDS
+        """Where the check of analyses whose next stage was never queued goes on (`stranded`)."""
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
@@ -172,14 +177,17 @@ class JobProcessSupervisor(CommandsMixin):
             self.scheduler.tick(moment)
         if moment >= self._next_abandoned_check:
             self._next_abandoned_check = moment + ABANDONED_CHECK_SECONDS
-            self._settle_abandoned()
+            self._settle_abandoned(moment)
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
 
-    def _settle_abandoned(self) -> None:
-        """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes."""
+    def _settle_abandoned(self, moment: float) -> None:
+        """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes;
+        jobs taken and never started put back; analyses whose next stage was never queued, queued."""
         try:
             settle_abandoned(self, self._taken_seen)
+            if moment >= self._next_stranded_check:  # not on the first round: a worker starts lean and quick
+                self._stranded.run(self)
         except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
