@@ -82,6 +82,13 @@ JOB_TYPES: tuple[JobType, ...] = (
         retry_backoff=(1,),
     ),
     JobType(
+        name="test.tally",
+        function="workers.diagnostics.tally",
+        params_model="TallyParams",
+        summary="Count this run in Redis, run `seconds`, answer twice `x`; retried once at once (the chaos soak's).",
+        retries=1,
+    ),
+    JobType(
         name="analysis.process_post",
         function="workers.analysis.process_post",
         params_model="PostParams",

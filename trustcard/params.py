@@ -69,6 +69,18 @@ class SleepParams(JobParams):
         return value
 
 
+class TallyParams(JobParams):
+    x: FiniteNumber = Field(description="A number; the result is twice it.")
+    seconds: FiniteNumber = Field(default=0, description="How long to run after counting, 0 to 60 seconds.")
+
+    @field_validator("seconds")
+    @classmethod
+    def _within_a_minute(cls, value: float) -> float:
+        if not 0 <= value <= 60:
+            raise ValueError("must be between 0 and 60")
+        return value
+
+
 class FailParams(JobParams):
     message: str = Field(default="failed on purpose", max_length=200, description="The error message to raise.")
 

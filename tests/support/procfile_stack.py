@@ -37,6 +37,8 @@ class ProcfileStack:
     redis: PrivateRedis
     port: int
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment every line runs with (for a script that restarts a line)."""
     web: ProcessGroup | None = None
     workers: list[ProcessGroup] = field(default_factory=list)
 
@@ -83,10 +85,13 @@ class ProcfileStack:
 
 
 @contextmanager
-def procfile_stack(scratch: Path, env: dict[str, str], workers: int = 1, wait: bool = True) -> Iterator[ProcfileStack]:
+def procfile_stack(
+    scratch: Path, env: dict[str, str], workers: int = 1, wait: bool = True, appendonly: bool = False
+) -> Iterator[ProcfileStack]:
     """Start the stack in `scratch` with `env` on top of this process's environment (REDIS_URL,
-    DATABASE_URL and PORT are the stack's own); with `wait`, yield it once it is healthy."""
-    redis = PrivateRedis.started(scratch / "redis")
+    DATABASE_URL and PORT are the stack's own); with `wait`, yield it once it is healthy.
+    `appendonly`: the Redis keeps an append-only file, so that a restart of it keeps its data."""
+    redis = PrivateRedis.started(scratch / "redis", appendonly=appendonly)
     stack = ProcfileStack(redis, free_port(), scratch / "stack.log")
     full_env = {
         **os.environ,
@@ -95,6 +100,7 @@ def procfile_stack(scratch: Path, env: dict[str, str], workers: int = 1, wait: b
         "REDIS_URL": redis.url,
         "PORT": str(stack.port),
     }
+    stack.env = full_env
     try:
         release = subprocess.run(procfile_command("release"), cwd=ROOT, env=full_env,
                                  capture_output=True, text=True, timeout=120)

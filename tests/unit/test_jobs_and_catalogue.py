@@ -49,6 +49,22 @@ def test_add_and_sleep_answer_like_the_old_service() -> None:
     assert diagnostics.sleep(0) == "Slept for 0 seconds"
 
 
+def test_tally_counts_each_run_under_its_task_and_answers_from_its_parameters_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fakeredis
+
+    connection = fakeredis.FakeRedis()
+    job = Job.create(diagnostics.tally, kwargs={"x": 21}, connection=connection, serializer=JSONSerializer)
+    monkeypatch.setattr(diagnostics, "get_current_job", lambda: job)
+    assert diagnostics.tally(21) == diagnostics.tally(21) == {"x": 21, "twice": 42}
+    key = diagnostics.TALLY_KEY_PREFIX + job.id
+    assert connection.get(key) == b"2"
+    assert 0 < connection.ttl(key) <= diagnostics.TALLY_TTL_SECONDS
+    monkeypatch.setattr(diagnostics, "get_current_job", lambda: None)
+    assert diagnostics.tally(1) == {"x": 1, "twice": 2}  # run outside a worker: nothing to count under
+
+
 def test_long_task_walks_the_five_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(diagnostics, "LONG_TASK_STAGE_SECONDS", 0)
     assert diagnostics.long_task() == {"status": "completed", "progress": list(STAGE_NAMES), "percent": 100}

@@ -79,7 +79,7 @@ def success_batch(
     assert job.started_at is not None
     batch = CommandBatch()
     batch.rewrite_hash(job.key, {
-        "status": JobStatus.FINISHED.value, "ended_at": stamp,
+        "status": JobStatus.FINISHED.value, "ended_at": stamp, "last_heartbeat": stamp,
         job_results.RESULT_FIELD: _serialized(job, return_value), **lean_meta_fields(job),
         **dict.fromkeys(FINISHED_DROPPED, ""),
     })
@@ -103,9 +103,13 @@ def lean_meta_fields(job: Job) -> dict[str, str]:
     return {"meta": json.dumps(kept, separators=(",", ":")) if kept else ""}
 
 
-FINISHED_DROPPED = ("last_heartbeat", "failure_ttl")
-"""Job fields no reader of a finished job needs: its last heartbeat (its `ended_at` says
-when it was last alive) and how long a failure would be kept. Read as None afterwards."""
+FINISHED_DROPPED = ("failure_ttl",)
+"""Job fields no reader of a finished job needs: how long a failure would be kept. Read as
+None afterwards. `last_heartbeat` stays (set to the end): RQ's `maintain_heartbeats` takes an
+HSET of it that adds the field for a sign that the job was deleted meanwhile, and deletes the
+job hash (rq issue 1450). The supervisor heartbeats a job running over 2 s, and one heartbeat
+sent as the job process ends lands after this rewrite: without the field, the finished task
+was deleted and answered 404 (found by the chaos soak, scripts/chaos.py)."""
 LEAN_META_DROPPED = ("hard_timeout", "request_id")
 """Read only while the job runs and as it ends, before this rewrite: the hard limit (the
 supervisor kills the job process at it) and the request id (bound to the job's log lines,
