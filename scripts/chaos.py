@@ -102,7 +102,7 @@ def table(
         ("lost (must be 0)", str(len(verdict.lost))),
         ("stuck (must be 0)", str(len(verdict.stuck))),
         ("wrong result or end (must be 0)", str(len(verdict.wrong))),
-        ("cancelled by a DELETE that got no answer", str(verdict.cancelled_unanswered)),
+        ("cancelled by a DELETE that got no answer or a 503", str(verdict.cancelled_unanswered)),
         ("ran more than once, explained by the record", str(verdict.explained_reruns)),
         ("ran more than once, unexplained (must be 0)", str(len(verdict.unexplained_runs))),
         ("time to drain", f"{verdict.drain_seconds:.1f} s"),

@@ -3,8 +3,9 @@
 Each task is read through the API (`GET /tasks/<id>`, `GET /analyses/<id>`) until it ends or the
 drain's deadline passes. Lost: the API no longer knows it (404). Stuck: not ended by the
 deadline. Wrong: completed with another result, a test.fail that completed, failed without a
-reason, cancelled unasked (a DELETE that got no answer may have done its work: not wrong; one
-answered 503 should not have), or a cancel answered 200 that did not end cancelled. Executions (the
+reason, cancelled unasked (a DELETE that got no answer or a 503 may have done its work before
+the web or Redis went away: not wrong, counted apart; DELETE is idempotent, asking again answers
+409 with the end), or a cancel answered 200 that did not end cancelled. Executions (the
 `test.tally` tasks): the job's own count in Redis against the runs its record explains: one per
 retry its job hash shows used (RQ's `retries_left` against the catalogue's retries; RQ writes no
 result for a run it retries), one per entry of RQ's results stream that is not a success (a
@@ -43,7 +44,7 @@ class Verdict:
     wrong: list[tuple[Accepted, str]] = field(default_factory=list)
     explained_reruns: int = 0
     cancelled_unanswered: int = 0
-    """Ended cancelled after a DELETE that got no answer (the web was killed during it)."""
+    """Ended cancelled after a DELETE that got no answer or a 5xx (the web or Redis went away during it)."""
     unexplained_runs: list[tuple[Accepted, str]] = field(default_factory=list)
     drain_seconds: float = 0.0
 
@@ -98,7 +99,7 @@ def judge(task: Accepted, view: dict[str, Any], verdict: Verdict) -> None:
     verdict.outcomes[status] += 1
     if task.cancelled and status != "cancelled":
         verdict.wrong.append((task, f"a cancel answered 200, but it ended {status}"))
-    elif status == "cancelled" and not task.cancelled and task.cancel_unanswered == "no answer":
+    elif status == "cancelled" and not task.cancelled and task.cancel_unanswered:
         verdict.cancelled_unanswered += 1  # a request cut off mid-way may have done its work
     elif status == "cancelled" and not task.cancelled:
         why = f"its DELETE answered {task.cancel_unanswered}" if task.cancel_unanswered else "nobody cancelled it"
