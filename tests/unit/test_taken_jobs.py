@@ -12,7 +12,7 @@ import os
 import fakeredis
 import pytest
 from rq import Queue
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from workers.supervisor import JobProcessSupervisor
@@ -72,13 +72,19 @@ def test_a_job_taken_and_never_started_goes_back_after_the_grace_and_runs_once(
     assert job.get_status(refresh=True) == JobStatus.FINISHED and job.return_value() == 3
 
 
-def test_a_copy_put_back_of_a_job_its_taker_then_started_is_skipped(
-    worker: JobProcessSupervisor, queues: list[Queue]
-) -> None:
+def _taken_and_seen(worker: JobProcessSupervisor, queues: list[Queue]) -> tuple[Job, dict[str, float]]:
+    """A job taken off the first queue and not started, as the taken-job check first sees it."""
     job = queues[0].enqueue_call(ADD, kwargs={"x": 2, "y": 2})
     _take(worker, queues)
     seen: dict[str, float] = {}
     put_back_taken(worker, queues[0], seen, moment=0.0)
+    return job, seen
+
+
+def test_a_copy_put_back_of_a_job_its_taker_then_started_is_skipped(
+    worker: JobProcessSupervisor, queues: list[Queue]
+) -> None:
+    job, seen = _taken_and_seen(worker, queues)
     assert put_back_taken(worker, queues[0], seen, moment=TAKEN_GRACE_SECONDS) == [job.id]  # its taker was slow
     worker.connection.hset(job.key, "status", JobStatus.FINISHED.value)  # ... and ran it meanwhile
     book = Bookkeeper(worker.connection, queues, worker.job_class, worker.serializer)
@@ -90,10 +96,7 @@ def test_a_copy_put_back_of_a_job_its_taker_then_started_is_skipped(
 def test_a_job_started_meanwhile_only_leaves_the_intermediate_list(
     worker: JobProcessSupervisor, queues: list[Queue]
 ) -> None:
-    job = queues[0].enqueue_call(ADD, kwargs={"x": 2, "y": 2})
-    _take(worker, queues)
-    seen: dict[str, float] = {}
-    put_back_taken(worker, queues[0], seen, moment=0.0)
+    job, seen = _taken_and_seen(worker, queues)
     worker.connection.hset(job.key, "status", JobStatus.STARTED.value)
     assert put_back_taken(worker, queues[0], seen, moment=TAKEN_GRACE_SECONDS) == []
     assert queues[0].get_job_ids() == []
