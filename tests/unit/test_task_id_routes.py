@@ -12,6 +12,9 @@ import pytest
 from flask.testing import FlaskClient
 
 SLASHED_IDS = ["a/b", "..%2F..%2Fetc", "../../etc", "x/retry/more", "test/add/more", "abc/"]
+JOB_TYPE_NAMES = ["test.add", "test.tally", "analysis.process_post"]
+"""A job type's name is not its path (`/tasks/test/add`): at /tasks/<name> it is an unknown id
+(the fuzzer found DELETE /tasks/test.tally answering an undocumented 405)."""
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
@@ -45,3 +48,11 @@ def test_a_job_types_path_takes_post_only(client: FlaskClient, method: str, path
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
     body = response.get_json()
     assert body["error"] == "method_not_allowed" and "takes POST only" in body["message"]
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("name", JOB_TYPE_NAMES)
+def test_a_job_types_name_as_an_id_is_an_unknown_task(client: FlaskClient, method: str, name: str) -> None:
+    response = client.open(f"/tasks/{name}", method=method)
+    assert response.status_code == 404, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "task_not_found"

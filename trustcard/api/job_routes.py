@@ -26,7 +26,9 @@ def post_only_at_job_routes(view: View) -> View:
 
     @functools.wraps(view)
     def checked(task_id: str) -> object:
-        if find_by_route(task_id) is not None or task_id == BATCH_ROUTE:
+        job_type = find_by_route(task_id)
+        # Its route only (/tasks/test/add): /tasks/test.add is an id, unknown like any other (404).
+        if (job_type is not None and job_type.route == task_id.strip("/")) or task_id == BATCH_ROUTE:
             what = "a batch of tasks" if task_id == BATCH_ROUTE else "a task"
             raise MethodNotAllowed(
                 valid_methods=["POST"], description=f"/tasks/{task_id} takes POST only: it submits {what}."
