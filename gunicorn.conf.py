@@ -24,6 +24,7 @@ timeout = 30
 graceful_timeout = 25
 keepalive = 5
 accesslog = "-"
+logger_class = "trustcard.gunicorn_logging.AccessLogger"  # gunicorn's lines, built for less (see there)
 errorlog = "-"
 # The access line names the request id the API sent back, so it joins the app's lines for it.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" request_id=%({x-request-id}o)s'
