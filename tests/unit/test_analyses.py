@@ -312,6 +312,22 @@ def test_a_database_hiccup_while_storing_is_retried_until_stored(
     assert read(client, analysis["id"])["status"] == "completed"
 
 
+def test_a_change_that_changes_nothing_leaves_updated_at_as_the_client_read_it(client: FlaskClient, app: Flask) -> None:
+    """The callback claim of an analysis without a Callback-URL runs after its end; a final view
+    read before it must stay the final view (found by a CI run: updated_at moved 3 ms later)."""
+    analysis = submit(client)
+    engine = app.extensions["trustcard.engine"]
+    before = read(client, analysis["id"])
+    assert records.change(engine, analysis["id"], lambda row, entries: None) is None
+    assert read(client, analysis["id"]) == before
+
+    def touch_stage(row: Any, entries: records.StageEntries) -> None:
+        entries[0]["runs"] = 5
+
+    records.change(engine, analysis["id"], touch_stage)
+    assert read(client, analysis["id"])["updated_at"] > before["updated_at"]
+
+
 def test_a_database_that_does_not_answer_is_a_503(client: FlaskClient, app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     def down(*args: Any) -> Any:
         raise OperationalError("SELECT", {}, Exception("could not connect"))

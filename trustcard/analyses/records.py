@@ -46,15 +46,19 @@ def new_stage_entries(stages: tuple[Stage, ...]) -> StageEntries:
 
 def change(engine: Engine, analysis_id: str, apply: Callable[[Analysis, StageEntries], T]) -> T | None:
     """Apply `apply(row, stages)` to the locked row and commit; None when there is no such row.
-    `apply` changes `stages` (a copy) in place; it is stored back with the row."""
+    `apply` changes `stages` (a copy) in place; it is stored back with the row. `updated_at`
+    moves only when something changed: a look that changes nothing (a callback claim on an
+    analysis without a Callback-URL) must not alter the view a client already read as final."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
         row = session.scalars(select(Analysis).where(Analysis.id == analysis_id).with_for_update()).first()
         if row is None:
             return None
         stages = copy.deepcopy(row.stages)
         answer = apply(row, stages)
-        row.stages = stages
-        row.updated_at = utcnow()
+        if stages != row.stages:
+            row.stages = stages
+        if session.is_modified(row):
+            row.updated_at = utcnow()
     return answer
 
 
