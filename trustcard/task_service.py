@@ -27,6 +27,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
 from trustcard import failures, job_results, logs, rq_seams
+from trustcard.admission import Admission, Admitter
 from trustcard.callbacks import read_state
 from trustcard.catalogue import BY_NAME, QUEUE_NAMES, JobType
 from trustcard.config import Settings
@@ -103,6 +104,7 @@ class TaskService:
         self._queues: dict[str, Queue] = {}
         self._idempotency = IdempotencyKeys(connection)
         self._batch_idempotency = BatchIdempotencyKeys(connection)
+        self._admitter = Admitter(connection, settings)
 
     def _queue(self, name: str) -> Queue:
         """One `Queue` per name for the service's life: it caches Redis's version, which RQ
@@ -122,7 +124,7 @@ class TaskService:
         submitted_by: str | None = None,
         request_id: str | None = None,
         callback_url: str | None = None,
-        queue_depth: int | None = None,
+        admission: Admission | None = None,
         job_id: str | None = None,
     ) -> Submission:
         """Validate and enqueue; the view is the task as stored in Redis.
@@ -132,8 +134,9 @@ class TaskService:
         `submitted_by` and `request_id` are kept on the job, so that the worker's log lines
         name the same request as the router's and the web's. A `callback_url` is checked
         (`trustcard.callback_urls`) before anything is queued; the task's end then POSTs its
-        final view there. `queue_depth` is the queue's depth when the caller has read it
-        already (the rate limit's script does, in its own call); else it is read here.
+        final view there. With an `admission`, the client's rate-limit token is taken in the
+        enqueue's own call (`trustcard.admission`), which also checks `MAX_QUEUE_DEPTH`; the
+        take's state is left on it for the answer's headers.
         `job_id` is the new task's id when the caller chose it (a fresh UUID: it waits on
         that id before the task exists); else one is made.
         """
@@ -144,10 +147,6 @@ class TaskService:
         if callback_url is not None:
             check_callback(callback_url, self.settings)
         queue = self._queue(job_type.queue)
-        if self.settings.max_queue_depth and (
-            queue_depth if queue_depth is not None else queue.count
-        ) >= self.settings.max_queue_depth:
-            raise QueueFull(f"The {job_type.queue} queue is full ({self.settings.max_queue_depth} waiting tasks).")
         job_id = job_id or str(uuid.uuid4())
         if idempotency_key is not None:
             ttl = job_type.result_ttl or self.settings.result_ttl
@@ -160,7 +159,7 @@ class TaskService:
                 return Submission(view, replayed=True)
         try:
             job, callback = enqueue(
-                self.connection, queue, job_type, params, job_id, self.settings,
+                self._admitter, queue, job_type, params, job_id, self.settings, admission=admission,
                 submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
                 counted=not self.settings.redis_min_replicas_ack,
             )

@@ -18,11 +18,12 @@ from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job, Retry
 
+from trustcard.admission import QUEUE_FULL, Admission, Admitter, CommandRecorder
 from trustcard.callback_urls import CALLBACK_HEADER, CallbackURLRefused, check_callback_url
 from trustcard.callbacks import CALLBACK_FIELD, CALLBACK_META_KEY, CallbackState
 from trustcard.catalogue import JobType
 from trustcard.config import Settings
-from trustcard.exceptions import IdempotencyKeyReused, ValidationFailed
+from trustcard.exceptions import IdempotencyKeyReused, QueueFull, ValidationFailed
 from trustcard.metrics.outcomes import SubmissionOutcome
 from trustcard.metrics.store import SUBMISSIONS_KEY
 from trustcard.task_view import TaskView
@@ -110,38 +111,36 @@ class IdempotencyKeys:
 
 
 def enqueue(
-    connection: Redis,
+    admitter: Admitter,
     queue: Queue,
     job_type: JobType,
     params: dict[str, Any],
     job_id: str,
     settings: Settings,
     *,
+    admission: Admission | None,
     submitted_by: str | None,
     request_id: str | None,
     callback_url: str | None,
     counted: bool = True,
 ) -> tuple[Job, dict[str, Any] | None]:
-    """Enqueue the job under its limits and retry policy, in one MULTI/EXEC; the job and
-    its callback state (None without a callback). Not `counted` accepted for /metrics when
-    the answer waits for replicas (REDIS_MIN_REPLICAS_ACK): it may yet be refused."""
-    # One MULTI/EXEC for the queue registration, the job and its push (RQ sends two).
-    with connection.pipeline() as pipeline:
-        job, callback = stage(
-            pipeline, queue, job_type, params, job_id, settings,
-            submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
-        )
-        # Counted for /metrics in the same transaction: no round trip of its own, and a
-        # broken counter (its error comes back last) cannot undo or fail the submission.
-        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, int(counted))
-        for reply in pipeline.execute(raise_on_error=False)[:-1]:
-            if isinstance(reply, Exception):
-                raise reply
+    """Enqueue the job under its limits and retry policy, in the one call that also takes
+    the client's token and checks the queue's depth (`trustcard.admission`); the job and
+    its callback state (None without a callback). Counted accepted for /metrics in the same
+    call, unless not `counted`: when the answer waits for replicas (REDIS_MIN_REPLICAS_ACK),
+    it may yet be refused. Refusals raise `RateLimited` (429) or `QueueFull` (503)."""
+    recorder = CommandRecorder()
+    job, callback = stage(
+        recorder, queue, job_type, params, job_id, settings,
+        submitted_by=submitted_by, request_id=request_id, callback_url=callback_url,
+    )
+    if admitter.admit(admission, queue.key, recorder, counted=counted) == QUEUE_FULL:
+        raise QueueFull(f"The {job_type.queue} queue is full ({settings.max_queue_depth} waiting tasks).")
     return job, callback and callback.to_dict()
 
 
 def stage(
-    pipeline: Pipeline,
+    pipeline: Pipeline | CommandRecorder,
     queue: Queue,
     job_type: JobType,
     params: dict[str, Any],

@@ -1,7 +1,8 @@
 """Many stored tasks, quickly, written by the service's own code (scripts/scale.py, tests).
 
 One template task at a time goes through the real code paths with its Redis commands
-recorded instead of sent: the API's enqueue (`trustcard.task_submission.enqueue`), then the
+recorded instead of sent: the API's enqueue (the commands `trustcard.task_submission.stage`
+gives the admission script, and the accepted count the script adds), then the
 worker's own bookkeeping for its start (`workers.supervisor.batches.start_batch`) and its
 end, a success (`success_batch`, what our worker writes after a plain job) or a failure
 (RQ's failure path as our worker class runs it, `rq_seams.finalize_failure`). Each stored
@@ -33,7 +34,9 @@ from rq.utils import now
 from trustcard import rq_seams
 from trustcard.catalogue import BY_NAME
 from trustcard.config import Settings
-from trustcard.task_submission import enqueue
+from trustcard.metrics.outcomes import SubmissionOutcome
+from trustcard.metrics.store import SUBMISSIONS_KEY
+from trustcard.task_submission import stage
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.batches import start_batch, success_batch
 from workers.supervisor.bookkeeping import REWRITE
@@ -116,8 +119,11 @@ def record_task(connection: Redis, settings: Settings, failed: bool, worker_name
     queue = Queue(job_type.queue, connection=recorder, serializer=JSONSerializer)
     worker = JobProcessSupervisor([queue], connection=recorder, serializer=JSONSerializer, name=worker_name)
     job_id = str(uuid.uuid4())
-    job, _ = enqueue(recorder, queue, job_type, dict(FILL_PARAMS), job_id, settings,
-                     submitted_by="127.0.0.1", request_id=uuid.uuid4().hex, callback_url=None)
+    with recorder.pipeline() as pipeline:  # what the admission script runs for an accepted task
+        job, _ = stage(pipeline, queue, job_type, dict(FILL_PARAMS), job_id, settings,
+                       submitted_by="127.0.0.1", request_id=uuid.uuid4().hex, callback_url=None)
+        pipeline.hincrby(SUBMISSIONS_KEY, SubmissionOutcome.ACCEPTED.value, 1)
+        pipeline.execute()
     recorder.recorded.append(("LPOP", queue.key))  # the worker's dequeue
     batch, execution = start_batch(worker, job, worker.get_heartbeat_ttl(job), None)
     recorder.recorded.extend(batch.commands)

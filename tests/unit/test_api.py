@@ -228,18 +228,22 @@ def test_reading_a_task_is_one_redis_round_trip(
         assert round_trips.count == 1, task_id
 
 
-def test_a_submission_is_two_redis_round_trips(
+def test_a_submission_is_one_redis_round_trip(
     client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The rate-limit script (which reads the queue's depth for MAX_QUEUE_DEPTH in the same
-    call), and one transaction for the job (with its count for /metrics): nothing more, also
-    once the answer is closed."""
+    """The admission script: the rate-limit take, the MAX_QUEUE_DEPTH check, RQ's own enqueue
+    commands and the count for /metrics, in one call (trustcard.admission); nothing more,
+    also once the answer is closed. The job it wrote reads back as any other."""
     submit(client, "/tasks/test/add?x=1&y=2")  # the first one also learns Redis's version
     round_trips = RoundTrips(monkeypatch, fake_redis)
     with client.post("/tasks/test/add?x=2&y=2") as response:
         task_id = response.get_json()["task_id"]
-    assert round_trips.count == 2
+        assert response.headers["RateLimit-Remaining"].isdigit()
+    assert round_trips.count == 1
     assert fake_redis.lrange("rq:queue:analysis", 0, -1)[-1].decode() == task_id
+    assert fake_redis.sismember("rq:queues", "rq:queue:analysis")
+    stored = client.get(f"/tasks/{task_id}").get_json()
+    assert (stored["status"], stored["name"]) == ("pending", "test.add"), stored
 
 
 def test_the_session_signer_is_built_once_per_app(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -74,6 +74,31 @@ def test_burst_and_per_minute_settings_then_429_with_retry_after_and_ratelimit_h
     assert client.get("/health").status_code == 200  # reads are not limited
 
 
+def test_an_invalid_submission_costs_no_token_under_burst_and_per_minute_settings(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """A single task's token is taken with its enqueue, after its parameters are checked: a
+    client fixing a bad request is told what is wrong (422, 404), not to slow down."""
+    client = make_app(tmp_path, fake_redis, RATE_LIMIT_BURST="2", **TIGHT_LIMIT).test_client()
+    for _ in range(3):
+        assert client.post("/tasks/test/add?x=1").status_code == 422
+        assert client.post("/tasks/no/such/type").status_code == 404
+    assert [client.post(ADD).status_code for _ in range(3)] == [202, 202, 429]
+
+
+def test_a_refused_keyed_submission_enqueues_nothing_and_gives_its_key_back_under_burst_and_per_minute_settings(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis
+) -> None:
+    client = make_app(tmp_path, fake_redis, RATE_LIMIT_BURST="1", **TIGHT_LIMIT).test_client()
+    accepted = client.post(ADD, headers={"Idempotency-Key": "first"})
+    assert accepted.status_code == 202
+    refused = client.post(ADD, headers={"Idempotency-Key": "second"})
+    assert refused.status_code == 429 and refused.headers["RateLimit-Remaining"] == "0"
+    assert fake_redis.llen("rq:queue:analysis") == 1 and len(fake_redis.keys("trustcard:idempotency:*")) == 1
+    replayed = client.post(ADD, headers={"Idempotency-Key": "first"})  # a replay takes no token
+    assert replayed.status_code == 202 and replayed.headers["Idempotent-Replayed"] == "true"
+
+
 def test_rate_limit_per_minute_setting_sets_the_refill_rate(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
     app = make_app(tmp_path, fake_redis, RATE_LIMIT_PER_MINUTE="6")
     limiter = app.extensions["trustcard.ratelimiter"]
@@ -257,11 +282,11 @@ def test_the_default_log_format_is_readable_text() -> None:
     assert not isinstance(logs.formatter_for("text"), logs.JSONFormatter)
 
 
-def test_a_bucket_script_refused_by_redis_lets_the_submission_answer_for_itself(
+def test_a_bucket_script_refused_by_redis_lets_the_batch_answer_for_itself(
     tmp_path: Path, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At `maxmemory` Redis refuses the script's write with a plain ResponseError ("-OOM ..."):
-    the limit is not enforced, and the submission goes on (to its own 503 when Redis is full)."""
+    """At `maxmemory` Redis refuses the rate limit's script with a plain ResponseError ("-OOM
+    ..."): that take is not enforced, and the submission goes on (to its own 503 when Redis is full)."""
     app = make_app(tmp_path, fake_redis)
     limiter = app.extensions["trustcard.ratelimiter"]
 
@@ -269,5 +294,26 @@ def test_a_bucket_script_refused_by_redis_lets_the_submission_answer_for_itself(
         raise ResponseError("Error running script: -OOM command not allowed when used memory > 'maxmemory'.")
 
     monkeypatch.setattr(limiter, "_take", refused)
-    answer = app.test_client().post(ADD)
-    assert answer.status_code == 202 and "RateLimit-Limit" not in answer.headers
+    answer = app.test_client().post("/tasks/batch", json={"tasks": [{"type": "test.add", "params": {"x": 1, "y": 2}}]})
+    assert answer.status_code == 202, answer.get_json()
+    assert "RateLimit-Limit" not in answer.headers
+
+
+def test_an_admission_refused_by_redis_is_a_503_that_says_so_and_enqueues_nothing(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single task's take and enqueue are one script: Redis refusing its first write (out of
+    memory, a read-only replica) refuses the whole of it, as the task service's 503."""
+    app = make_app(tmp_path, fake_redis)
+    admitter = app.extensions["trustcard.task_service"]._admitter
+    for reply, kind in (("-OOM command not allowed when used memory > 'maxmemory'.", "OOM"),
+                        ("-READONLY You can't write against a read only replica.", "READONLY")):
+        def refused(*_args: object, reply: str = reply, **_kwargs: object) -> None:
+            raise ResponseError(f"Error running script (call to f_0123): @user_script:12: {reply}")
+
+        monkeypatch.setattr(admitter, "_admit", refused)
+        answer = app.test_client().post(ADD)
+        body = answer.get_json()
+        assert (answer.status_code, body["error"]) == (503, "queue_unavailable"), (kind, body)
+        assert "refusing new data" in body["message"], kind
+    assert fake_redis.llen("rq:queue:analysis") == 0 and not fake_redis.keys("rq:job:*")

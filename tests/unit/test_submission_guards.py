@@ -73,11 +73,29 @@ def test_full_queue_answers_503(tmp_path: Path, fake_redis: fakeredis.FakeRedis)
 
 
 def test_full_queue_answers_503_with_rate_limit_per_minute_0(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:
-    """With the limit off there is no rate-limit script to read the depth: the service reads it."""
+    """With the limit off the admission script checks the depth and takes no token."""
     client = make_app(tmp_path, fake_redis, MAX_QUEUE_DEPTH="2", RATE_LIMIT_PER_MINUTE="0").test_client()
     answers = [client.post("/tasks/test/add?x=1&y=2").status_code for _ in range(3)]
     assert answers == [202, 202, 503]
     assert fake_redis.llen("rq:queue:analysis") == 2
+
+
+def test_with_max_queue_depth_a_refused_keyed_submission_gives_its_key_back(
+    tmp_path: Path, fake_redis: fakeredis.FakeRedis
+) -> None:
+    """The depth is checked in the enqueue's own call, after the Idempotency-Key is claimed: a
+    refusal releases the claim, so the client's retry under the same key is a new task, not a
+    replay of one that never existed."""
+    client = make_app(tmp_path, fake_redis, MAX_QUEUE_DEPTH="1").test_client()
+    assert client.post("/tasks/test/add?x=1&y=2").status_code == 202
+    headers = {"Idempotency-Key": "order-7"}
+    refused = client.post("/tasks/test/add?x=1&y=2", headers=headers)
+    assert (refused.status_code, refused.get_json()["error"]) == (503, "queue_full")
+    assert not fake_redis.keys("trustcard:idempotency:*")
+    fake_redis.lpop("rq:queue:analysis")  # a worker took the first one
+    retried = client.post("/tasks/test/add?x=1&y=2", headers=headers)
+    assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+    assert fake_redis.lrange("rq:queue:analysis", 0, -1) == [retried.get_json()["task_id"].encode()]
 
 
 def test_full_queue_answers_503_for_each_queue_on_its_own(tmp_path: Path, fake_redis: fakeredis.FakeRedis) -> None:

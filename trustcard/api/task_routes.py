@@ -10,7 +10,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
 
 from trustcard.api import schemas
-from trustcard.api.auth import API_KEY_GUARD, client_identity, request_id, require_api_key
+from trustcard.admission import Admission
+from trustcard.api.auth import API_KEY_GUARD, client_identity, rate_limit_key, request_id, require_api_key
 from trustcard.api.event_hub import EventHub
 from trustcard.api.job_routes import post_only_at_job_routes
 from trustcard.api.operations import Answer, Header, Operation, Parameter, Raises, documented
@@ -38,6 +39,7 @@ from trustcard.exceptions import (
     QueueFull,
     QueueNotReplicated,
     QueueUnavailable,
+    RateLimited,
     TaskAlreadyEnded,
     TaskNotFound,
     TaskNotRetryable,
@@ -166,17 +168,24 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
     job_id = str(uuid.uuid4())
     # With `Prefer: wait`, the waiter registers before the enqueue: no end can be missed, and
     # the task just enqueued needs no read before the wait (a 503 then comes before it too).
+    admission = Admission(rate_limit_key())  # the rate limit is taken in the enqueue's call
     with _event_hub().waiting(job_id) if wait is not None else nullcontext() as waiter:
-        submission = _service().submit(
-            job_type.name,
-            task_parameters(),
-            _idempotency_key(),
-            submitted_by=client_identity(),
-            request_id=request_id(),
-            callback_url=request.headers.get(CALLBACK_HEADER),
-            queue_depth=g.get("queue_depth"),  # read with the rate limit (trustcard.api.ratelimit)
-            job_id=job_id,
-        )
+        try:
+            submission = _service().submit(
+                job_type.name,
+                task_parameters(),
+                _idempotency_key(),
+                submitted_by=client_identity(),
+                request_id=request_id(),
+                callback_url=request.headers.get(CALLBACK_HEADER),
+                admission=admission,
+                job_id=job_id,
+            )
+        except RateLimited:
+            g.submission_counted = True  # as rate_limited, in the same script (trustcard.api.metrics)
+            raise
+        finally:
+            g.rate_limit = admission.bucket  # the RateLimit-* headers (trustcard.api.ratelimit)
         task = submission.task
         body = {**task.to_dict(), "status": "submitted"}
         headers = {"Location": url_for("tasks.status", task_id=task.task_id)}

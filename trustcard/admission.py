@@ -1,0 +1,135 @@
+"""A single task admitted in one Redis call: the client's rate-limit take, the queue's
+depth check (`MAX_QUEUE_DEPTH`) and the job's enqueue, in one script.
+
+Why one call: each round trip costs the web more CPU than Redis spends on it (redis-py
+packing and parsing, a pooled connection checked out and polled, gevent's socket layer:
+about a quarter of a submission's web CPU each, profiled), and a submission used to make
+two, the take and then the enqueue's MULTI/EXEC.
+
+The enqueue's commands are still RQ's own: `Queue.enqueue_call` writes them into a
+`CommandRecorder` that stands in for its pipeline, and they travel as the script's
+arguments (binary-safe: the job's data is zlib-compressed). The script runs them only when
+the take and the depth allow, so a refused submission writes nothing but its bucket and its
+count for /metrics, and an accepted one is written whole: Redis runs a script atomically,
+and a write it refuses (out of memory, a read-only replica) is its first, the bucket's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis
+from redis.commands.core import DataAccessCommands
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+
+from trustcard.config import Settings
+from trustcard.metrics.outcomes import SubmissionOutcome
+from trustcard.metrics.store import SUBMISSIONS_KEY
+from trustcard.token_bucket import KEY_PREFIX, TAKE_FUNCTION, BucketState, refusal
+
+ACCEPTED, RATE_LIMITED, QUEUE_FULL = 1, 0, 2
+"""The script's verdicts."""
+
+_ADMIT = TAKE_FUNCTION + """
+local rate = tonumber(ARGV[1])
+local tokens = -1
+if rate > 0 then
+  local allowed
+  allowed, tokens = take(KEYS[1], KEYS[2], rate, tonumber(ARGV[2]), 1, true)
+  if allowed == 0 then return {0, tostring(tokens)} end
+end
+local max_depth = tonumber(ARGV[3])
+if max_depth > 0 and redis.call('LLEN', KEYS[3]) >= max_depth then return {2, tostring(tokens)} end
+local i = 6
+for _ = 1, tonumber(ARGV[5]) do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+redis.pcall('HINCRBY', KEYS[2], '""" + SubmissionOutcome.ACCEPTED.value + """', tonumber(ARGV[4]))  -- /metrics; never fails the enqueue
+return {1, tostring(tokens)}
+"""
+# KEYS: the client's bucket, the submissions counter, the queue's list.
+# ARGV: refill rate per second (0: no limit), bucket size, MAX_QUEUE_DEPTH (0: none),
+# what the accepted count grows by, the number of commands, then each command as its
+# number of words followed by the words.
+
+
+class CommandRecorder(DataAccessCommands):
+    """Stands in for a pipeline: RQ's methods queue their commands here, unchanged."""
+
+    explicit_transaction = True
+    """What RQ asks of a pipeline it is given before it writes (else it calls `multi()`):
+    the script that runs these commands is one transaction already."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> CommandRecorder:
+        self.commands.append(args)
+        return self
+
+    def as_arguments(self) -> list[Any]:
+        """The commands flattened for the script: each one's length, then its words."""
+        flat: list[Any] = [len(self.commands)]
+        for command in self.commands:
+            flat.append(len(command))
+            flat.extend(command)
+        return flat
+
+
+@dataclass
+class Admission:
+    """Who is submitting, for the take, and what the take found."""
+
+    client_key: str
+    """The client's bucket (`trustcard.api.auth.rate_limit_key`)."""
+    bucket: BucketState | None = None
+    """Set by the admission, whether it admitted or refused (None while the limit is off):
+    the answer's RateLimit-* headers."""
+
+
+class Admitter:
+    """Runs the admission script (EVALSHA, loaded once per process)."""
+
+    def __init__(self, connection: Redis, settings: Settings) -> None:
+        self.settings = settings
+        self._admit = connection.register_script(_ADMIT)
+
+    def admit(
+        self, admission: Admission | None, queue_key: str, recorder: CommandRecorder, *, counted: bool
+    ) -> int:
+        """Take the client's token, check the queue's depth and run the recorder's
+        commands, in one call: `ACCEPTED` or `QUEUE_FULL` (nothing enqueued, the
+        token taken). Raises `RateLimited` (429, nothing enqueued), and redis-py's
+        `OutOfMemoryError` / `ReadOnlyError` when Redis takes no writes."""
+        settings = self.settings
+        limited = admission is not None and settings.rate_limit_per_minute > 0
+        rate = settings.rate_limit_per_minute / 60 if limited else 0
+        bucket = KEY_PREFIX + admission.client_key if admission is not None else KEY_PREFIX
+        args = [rate, settings.rate_limit_burst, settings.max_queue_depth, int(counted), *recorder.as_arguments()]
+        try:
+            verdict, tokens = self._admit(keys=[bucket, SUBMISSIONS_KEY, queue_key], args=args)
+        except ResponseError as error:
+            raise _as_refused_write(error) from None
+        verdict = int(verdict)
+        if limited:
+            assert admission is not None
+            admission.bucket = BucketState(verdict != RATE_LIMITED, settings.rate_limit_burst, float(tokens), rate)
+            if verdict == RATE_LIMITED:
+                raise refusal(admission.bucket, settings.rate_limit_per_minute)
+        return verdict
+
+
+def _as_refused_write(error: ResponseError) -> ResponseError:
+    """A write refused inside a script comes back as a plain ResponseError with Redis' own
+    text in it: the same refusal as redis-py raises outside one, so callers see one kind."""
+    text = str(error)
+    if "OOM" in text:
+        return OutOfMemoryError(text)
+    if "READONLY" in text:
+        return ReadOnlyError(text)
+    return error
+
+
