@@ -12,6 +12,10 @@ arguments (binary-safe: the job's data is zlib-compressed). The script runs them
 the take and the depth allow, so a refused submission writes nothing but its bucket and its
 count for /metrics, and an accepted one is written whole: Redis runs a script atomically,
 and a write it refuses (out of memory, a read-only replica) is its first, the bucket's.
+
+The job's own keys travel in the arguments, not in KEYS: right for one Redis (alone or
+behind Sentinel), which is what the service runs on; a Redis Cluster would need every key
+declared and on one slot.
 """
 
 from __future__ import annotations
