@@ -25,9 +25,10 @@ from typing import Any
 
 from redis import Redis
 from redis.commands.core import DataAccessCommands
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import ResponseError
 
 from trustcard.config import Settings
+from trustcard.connections import as_refused_write
 from trustcard.metrics.outcomes import SubmissionOutcome
 from trustcard.metrics.store import SUBMISSIONS_KEY
 from trustcard.token_bucket import KEY_PREFIX, TAKE_FUNCTION, BucketState, refusal
@@ -116,7 +117,7 @@ class Admitter:
         try:
             verdict, tokens = self._admit(keys=[bucket, SUBMISSIONS_KEY, queue_key], args=args)
         except ResponseError as error:
-            raise _as_refused_write(error) from None
+            raise as_refused_write(error) from None
         verdict = int(verdict)
         if limited:
             assert admission is not None
@@ -124,16 +125,3 @@ class Admitter:
             if verdict == RATE_LIMITED:
                 raise refusal(admission.bucket, settings.rate_limit_per_minute)
         return verdict
-
-
-def _as_refused_write(error: ResponseError) -> ResponseError:
-    """A write refused inside a script comes back as a plain ResponseError with Redis' own
-    text in it: the same refusal as redis-py raises outside one, so callers see one kind."""
-    text = str(error)
-    if "OOM" in text:
-        return OutOfMemoryError(text)
-    if "READONLY" in text:
-        return ReadOnlyError(text)
-    return error
-
-

@@ -26,7 +26,7 @@ from redis import BlockingConnectionPool, Redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -43,6 +43,27 @@ REDIS_REFUSING_WRITES = (OutOfMemoryError, ReadOnlyError)
 """What redis-py raises when Redis answers but takes no new data: `maxmemory` reached
 under `noeviction` (as production should run it), or a replica after a failover.
 Reads still work; writes are refused whole (a refused MULTI/EXEC writes nothing)."""
+
+
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, *REDIS_REFUSING_WRITES)
+"""For a worker, Redis that does not answer and Redis that answers but takes no writes come to
+the same: its bookkeeping cannot be written now, so it waits and tries again (a worker that
+crashed on `maxmemory` instead would stop working until someone restarted it)."""
+
+
+def as_refused_write(error: ResponseError) -> ResponseError:
+    """A write refused inside a script comes back as a plain ResponseError with Redis' own
+    text in it ("... -OOM command not allowed ..."): turned into the refusal redis-py raises
+    outside one, so that callers handle one kind. Any other error is returned as it is."""
+    text = str(error)
+    if isinstance(error, REDIS_REFUSING_WRITES):
+        return error
+    if "OOM command not allowed" in text:
+        return OutOfMemoryError(text)
+    if "READONLY" in text:
+        return ReadOnlyError(text)
+    return error
+
 
 WEB_CONNECT_TIMEOUT_SECONDS = 1.0
 WEB_SOCKET_TIMEOUT_SECONDS = 1.0

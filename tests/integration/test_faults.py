@@ -279,9 +279,16 @@ def test_redis_out_of_memory_refuses_submissions_with_503_and_recovers(
             assert set(admin.scan_iter("rq:job:*")) == jobs_before, "a refused submission left a job behind"
             refusals = oom_refusals(admin)
             wait_until(lambda: oom_refusals(admin) > refusals, 60, "the worker to be refused a write (a heartbeat)")
+            # The idle job process's next take (a blocking BLMOVE, or the take script) is a
+            # write too: it waits, probing with a write, instead of crashing (found by CI,
+            # when the take came right after maxmemory was set).
+            wait_until(lambda: "job process: Redis unavailable" in worker.log(), 30,
+                       "the job process to be refused its take, and to say so")
         finally:
             admin.config_set("maxmemory", 0)
         assert worker.process.poll() is None, worker.log()
         assert stack.wait_for(stack.submit("/tasks/test/add?x=2&y=3"))["result"] == 5
+        log = worker.log()
+        assert "Redis takes writes again" in log and "crashed" not in log, log
     finally:
         admin.close()

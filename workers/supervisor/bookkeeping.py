@@ -42,6 +42,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import get_version
 
+from trustcard.connections import as_refused_write
+
 if TYPE_CHECKING:
     from redis import Redis
     from redis.connection import Connection
@@ -269,7 +271,10 @@ class Bookkeeper:
         ]
         if batch is not None:
             args.extend(batch.script_args())
-        answer = self._script(args=args) if after is None else self._run_after(after, args)
+        try:
+            answer = self._script(args=args) if after is None else self._run_after(after, args)
+        except ResponseError as error:  # refused inside the script: as redis-py raises it outside
+            raise as_refused_write(error) from None
         self.refused = _refused_status(answer[0]) if len(answer) != 3 else None
         if len(answer) == 1:
             return None
@@ -302,6 +307,8 @@ class Bookkeeper:
             sent.connection.read_response()
         except NoScriptError:
             self._script(args=sent.args)
+        except ResponseError as error:  # refused inside the script (out of memory, a replica)
+            raise as_refused_write(error) from None
         except BaseException:
             sent.connection.disconnect()  # its answer may still be on the way: not reusable
             raise

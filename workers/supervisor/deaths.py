@@ -23,7 +23,7 @@ from rq.utils import now
 from trustcard import failures, rq_seams
 from trustcard.failures import KillReason
 from workers.job_facts import hard_timeout_of
-from workers.supervisor.recording import REDIS_DOWN, RecordingWorker
+from workers.supervisor.recording import REDIS_UNAVAILABLE, RecordingWorker
 
 if TYPE_CHECKING:
     from resource import struct_rusage
@@ -116,5 +116,5 @@ class PoisonPillGuard:
             log.info("task %s: put back on queue %s (its job process died before starting it)", job.id, queue.name)
         except NoSuchJobError:
             return
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             log.error("task %s: could not be put back, Redis unreachable (%s)", job_id, error)

@@ -24,12 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
+from trustcard.connections import REDIS_UNAVAILABLE
 from trustcard import rq_seams
 from trustcard.metrics.ends import cancel_waiting
 from trustcard.status import CANCEL_FIELD
@@ -48,11 +47,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rq.worker")  # the worker's own log (its handlers: trustcard.logs)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 IDLE_WAIT_SECONDS = 1
 """Longest blocking dequeue; a stop request unblocks it at once (`JobSlot.waiting_client`)."""
 SUSPENDED_PAUSE_SECONDS = 1.0
 REDIS_RETRY_MAX_SECONDS = 5.0
+WRITABLE_PROBE_PREFIX = "trustcard:writable:"
+"""The key (per worker, gone after a second) whose write tells a waiting job process that
+Redis takes writes again."""
 TAKEN_SETTLE_SECONDS = 0.2
 """After an outage, how long a job found taken and not started is given before it is put
 back: a worker that took it a moment ago starts it within milliseconds."""
@@ -113,8 +114,8 @@ class JobProcess:
             try:
                 book = self.book = Bookkeeper(host.connection, host.queues, host.job_class, host.serializer)
                 break
-            except REDIS_DOWN as error:
-                log.error("job process: Redis unreachable at start (%s)", error)
+            except REDIS_UNAVAILABLE as error:
+                log.error("job process: Redis unavailable at start (%s)", error)
                 self._wait_for_redis()
                 reason = self._reason_to_leave()
                 if reason is not None:
@@ -131,14 +132,14 @@ class JobProcess:
                     succeeded.job.dependents_key if succeeded else "",
                     succeeded.start if succeeded else None,
                 )
-            except REDIS_DOWN as error:
+            except REDIS_UNAVAILABLE as error:
                 unrecorded, succeeded = succeeded, None
                 if unrecorded is not None:
                     log.error("task %s: lost Redis while recording its end (%s)", unrecorded.job.id, error)
                     self.slot.end()
                 if reason is not None:
                     return reason
-                log.error("job process: Redis unreachable (%s)", error)
+                log.error("job process: Redis unavailable (%s)", error)
                 self._wait_for_redis()
                 if unrecorded is not None:
                     self._recover_after_outage(unrecorded.job, unrecorded.queue)
@@ -183,7 +184,7 @@ class JobProcess:
             assert isinstance(found, Dequeued)
             try:
                 succeeded = self.run_job(found)
-            except REDIS_DOWN as error:
+            except REDIS_UNAVAILABLE as error:
                 log.error("task %s: lost Redis while running it (%s)", found.job.id, error)
                 self.slot.end()
                 self._wait_for_redis()
@@ -231,8 +232,8 @@ class JobProcess:
             if self.slot.read().stop_requested:
                 return None
             found = self.book.wait(self.host.ordered_queues(), IDLE_WAIT_SECONDS)
-        except REDIS_DOWN as error:
-            log.error("job process: Redis unreachable while waiting for work (%s)", error)
+        except REDIS_UNAVAILABLE as error:
+            log.error("job process: Redis unavailable while waiting for work (%s)", error)
             self._wait_for_redis()
             return None
         if found is not None:
@@ -279,7 +280,7 @@ class JobProcess:
         if failure is None:
             try:
                 plain = self._plain_success(found, execution, return_value, sent)
-            except REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 raise
             except BaseException:  # noqa: BLE001 - a failing success path is the job's failure, as in RQ
                 plain, failure = None, sys.exc_info()
@@ -299,7 +300,7 @@ class JobProcess:
             else:
                 host.finish_failure(job, queue, execution, failure)
                 host.set_state(WorkerStatus.IDLE)
-        except REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             raise
         except BaseException:  # noqa: BLE001 - a failing success path is the job's failure, as in RQ
             host.finish_failure(job, queue, execution, sys.exc_info())
@@ -339,7 +340,7 @@ class JobProcess:
                     self.slot.end()
                     return
                 self.host.finish_success(job, queue, execution, succeeded.return_value)
-            except REDIS_DOWN as error:
+            except REDIS_UNAVAILABLE as error:
                 log.error("task %s: lost Redis while recording its end (%s)", job.id, error)
                 self.slot.end()
                 self._wait_for_redis()
@@ -361,7 +362,7 @@ class JobProcess:
             )
         try:
             self.host.set_state(WorkerStatus.IDLE)
-        except REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             pass  # the next job's start writes the worker's state again
 
     def _discard_if_settled_without_me(self, job: Job) -> None:
@@ -370,7 +371,7 @@ class JobProcess:
         dropped and said so, as when the end's script refuses it."""
         try:
             settled = self.host.settled_without_me(job)
-        except REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             return
         if settled is not None:
             self._discard_late_end(job, settled)
@@ -388,7 +389,7 @@ class JobProcess:
             log.info("worker %s: suspended, run `rq resume` to resume", self.host.name)
             try:
                 self.host.set_state(WorkerStatus.SUSPENDED)
-            except REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 pass
             self._suspended = True
         time.sleep(SUSPENDED_PAUSE_SECONDS)
@@ -401,22 +402,25 @@ class JobProcess:
             try:
                 self.host.recover_after_outage(job, queue)
                 return
-            except REDIS_DOWN as error:
+            except REDIS_UNAVAILABLE as error:
                 log.error("task %s: Redis went away again while recovering it (%s)", job.id, error)
                 self._wait_for_redis()
                 if self._reason_to_leave() is not None:
                     return  # the abandoned-task check fails it once this worker is gone
 
     def _wait_for_redis(self) -> None:
-        """Block until Redis answers, backing off; give up when asked to stop."""
+        """Block until Redis takes writes again, backing off; give up when asked to stop.
+        The probe is a write, not a PING: Redis at `maxmemory` (or a replica) answers a PING
+        and refuses the bookkeeping, and a PING would send the job process straight back."""
         pause = 0.5
+        probe = WRITABLE_PROBE_PREFIX + self.host.name
         while self._reason_to_leave() is None:
             try:
-                self.host.connection.ping()
-                log.info("job process: Redis answers again; carrying on")
+                self.host.connection.set(probe, 1, px=1000)
+                log.info("job process: Redis takes writes again; carrying on")
                 self._recheck_after_outage()
                 return
-            except REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 time.sleep(pause)
                 pause = min(pause * 2, REDIS_RETRY_MAX_SECONDS)
 
@@ -432,7 +436,7 @@ class JobProcess:
                 time.sleep(TAKEN_SETTLE_SECONDS)
                 for job, queue in taken:
                     self.host.put_back_if_still_taken(job, queue)
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             log.error("job process: Redis went away again while looking for undone records (%s)", error)
 
 

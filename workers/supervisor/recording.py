@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import worker_registration
 from rq.defaults import DEFAULT_JOB_MONITORING_INTERVAL, DEFAULT_WORKER_TTL
 from rq.exceptions import DeserializationError, InvalidJobOperation, NoSuchJobError
@@ -34,6 +32,7 @@ from rq.utils import now
 from rq.worker import Worker
 
 from trustcard import failures, rq_seams
+from trustcard.connections import REDIS_UNAVAILABLE
 from trustcard.catalogue import ANALYSIS_STAGE
 from trustcard.config import load_settings
 from trustcard import task_ends
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 WORKER_TTL_SECONDS = 35
 """Idle heartbeat: the worker's key lives this long + 60 s; RQ's default is 420."""
 JOB_MONITORING_INTERVAL_SECONDS = 5
@@ -207,7 +205,7 @@ class RecordingWorker(Worker):
             self.maintain_heartbeats(job, execution)
             if not registered and self.birth_date is not None:
                 self._register_again(self.job_monitoring_interval + 60)  # RQ's busy heartbeat's TTL
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             self.log.warning("task %s: heartbeat failed, Redis unreachable (%s)", job.id, error)
 
     # --- RQ's recording of ends, counted once -------------------------------------------
@@ -278,7 +276,7 @@ class RecordingWorker(Worker):
     def run_maintenance_tasks(self) -> None:
         try:
             super().run_maintenance_tasks()
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             self.log.warning("maintenance skipped, Redis unreachable (%s)", error)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
@@ -292,7 +290,7 @@ class RecordingWorker(Worker):
             super().heartbeat(timeout)
             if not known and self.birth_date is not None:
                 self._register_again()
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             self.log.warning("heartbeat failed, Redis unreachable (%s)", error)
 
     def _still_registered(self) -> bool:
@@ -317,5 +315,5 @@ class RecordingWorker(Worker):
     def teardown(self) -> None:
         try:
             super().teardown()
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             self.log.warning("could not record this worker's death, Redis unreachable (%s)", error)

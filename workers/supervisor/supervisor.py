@@ -48,7 +48,7 @@ from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
 from workers.supervisor.process import ExitCode, RunningJobProcess
-from workers.supervisor.recording import REDIS_DOWN
+from workers.supervisor.recording import REDIS_UNAVAILABLE
 from workers.supervisor.scheduler import InProcessScheduler, start_scheduler
 from workers.supervisor.slot import JobSlot, SlotView
 
@@ -188,7 +188,7 @@ class JobProcessSupervisor(CommandsMixin):
             settle_abandoned(self, self._taken_seen)
             if moment >= self._next_stranded_check:  # not on the first round: a worker starts lean and quick
                 self._stranded.run(self)
-        except (*REDIS_DOWN, RedisError) as error:  # down, out of memory, read-only: next round
+        except (*REDIS_UNAVAILABLE, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
     def _obey_stop(self, slot: JobSlot, view: SlotView, moment: float) -> None:
@@ -198,12 +198,12 @@ class JobProcessSupervisor(CommandsMixin):
             self._shutdown_date_written = True
             try:
                 self.set_shutdown_requested_date()
-            except REDIS_DOWN as error:
+            except REDIS_UNAVAILABLE as error:
                 self.log.warning("shutdown date not recorded, Redis unreachable (%s)", error)
         if not view.running and view.waiting_client:
             try:
                 self.connection.client_unblock(view.waiting_client)
-            except REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 pass  # its wait ends by its own timeout
         if (
             view.running
@@ -287,7 +287,7 @@ class JobProcessSupervisor(CommandsMixin):
         self.log.debug("worker %s: job process %d started", self.name, pid)
         try:
             self.connection.hset(self.key, "horse_pid", pid)
-        except REDIS_DOWN:
+        except REDIS_UNAVAILABLE:
             pass
 
     def _close_supervisor_fds(self) -> None:
@@ -333,7 +333,7 @@ class JobProcessSupervisor(CommandsMixin):
         try:
             record_death(self, view, reason, pid, status, rusage)
             self.set_state(WorkerStatus.IDLE)
-        except REDIS_DOWN as error:
+        except REDIS_UNAVAILABLE as error:
             # Its end cannot be recorded now; the abandoned-task check fails it later.
             self.log.error("task %s: its job process died and Redis is unreachable (%s)", view.job_id, error)
 
