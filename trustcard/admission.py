@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.commands.core import DataAccessCommands
 from redis.exceptions import ResponseError
 
+from trustcard.command_recording import CommandRecorder
 from trustcard.config import Settings
 from trustcard.connections import as_refused_write
 from trustcard.metrics.outcomes import SubmissionOutcome
@@ -61,27 +61,14 @@ return {1, tostring(tokens)}
 # number of words followed by the words.
 
 
-class CommandRecorder(DataAccessCommands):
-    """Stands in for a pipeline: RQ's methods queue their commands here, unchanged."""
-
-    explicit_transaction = True
-    """What RQ asks of a pipeline it is given before it writes (else it calls `multi()`):
-    the script that runs these commands is one transaction already."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def execute_command(self, *args: Any, **options: Any) -> CommandRecorder:
-        self.commands.append(args)
-        return self
-
-    def as_arguments(self) -> list[Any]:
-        """The commands flattened for the script: each one's length, then its words."""
-        flat: list[Any] = [len(self.commands)]
-        for command in self.commands:
-            flat.append(len(command))
-            flat.extend(command)
-        return flat
+def script_arguments(recorder: CommandRecorder) -> list[Any]:
+    """The recorded commands flattened for the script: their number, then each one's
+    length followed by its words."""
+    flat: list[Any] = [len(recorder.commands)]
+    for command in recorder.commands:
+        flat.append(len(command))
+        flat.extend(command)
+    return flat
 
 
 @dataclass
@@ -113,7 +100,7 @@ class Admitter:
         limited = admission is not None and settings.rate_limit_per_minute > 0
         rate = settings.rate_limit_per_minute / 60 if limited else 0
         bucket = KEY_PREFIX + admission.client_key if admission is not None else KEY_PREFIX
-        args = [rate, settings.rate_limit_burst, settings.max_queue_depth, int(counted), *recorder.as_arguments()]
+        args = [rate, settings.rate_limit_burst, settings.max_queue_depth, int(counted), *script_arguments(recorder)]
         try:
             verdict, tokens = self._admit(keys=[bucket, SUBMISSIONS_KEY, queue_key], args=args)
         except ResponseError as error:

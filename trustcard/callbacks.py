@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from redis.commands.core import DataAccessCommands
 from rq import Queue
 from rq.job import Job, Retry
 from rq.serializers import JSONSerializer
 
 from trustcard.catalogue import WEBHOOK_DELIVERY
+from trustcard.command_recording import CommandRecorder
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -105,20 +105,11 @@ class TextDataJob(Job):
         return stored
 
 
-class CommandRecorder(DataAccessCommands):
-    """Stands in for RQ's pipeline: `Queue.enqueue_call` writes its commands here."""
+class JSONCommandRecorder(CommandRecorder):
+    """Keeps each command's words as JSON can carry them: they travel as JSON into a script."""
 
-    explicit_transaction = True  # RQ would otherwise call MULTI on it
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
-
-    def execute_command(self, *args: Any, **options: Any) -> CommandRecorder:
-        self.commands.append(tuple(_as_text(arg) for arg in args))
-        return self
-
-    def multi(self) -> None:
-        """Already atomic: the commands run inside one script."""
+    def kept(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(_as_text(arg) for arg in args)
 
 
 def _as_text(value: Any) -> Any:
@@ -143,7 +134,7 @@ def delivery_commands(job: Job) -> list[tuple[Any, ...]]:
     if not isinstance(url, str):
         return []
     delivery = WEBHOOK_DELIVERY
-    recorder = CommandRecorder()
+    recorder = JSONCommandRecorder()
     queue = Queue(delivery.queue, connection=job.connection, serializer=JSONSerializer, job_class=TextDataJob)
     queue.enqueue_call(
         delivery.function,

@@ -18,10 +18,11 @@ from redis.client import Pipeline
 from rq import Queue
 from rq.job import Job, Retry
 
-from trustcard.admission import QUEUE_FULL, Admission, Admitter, CommandRecorder
+from trustcard.admission import QUEUE_FULL, Admission, Admitter
 from trustcard.callback_urls import CALLBACK_HEADER, CallbackURLRefused, check_callback_url
 from trustcard.callbacks import CALLBACK_FIELD, CALLBACK_META_KEY, CallbackState
 from trustcard.catalogue import JobType
+from trustcard.command_recording import CommandRecorder
 from trustcard.config import Settings
 from trustcard.exceptions import IdempotencyKeyReused, QueueFull, ValidationFailed
 from trustcard.metrics.outcomes import SubmissionOutcome

@@ -22,7 +22,7 @@ from rq.utils import now
 
 from trustcard.api.app import create_app
 from trustcard.callback_urls import CallbackURLRefused, address_problem, check_callback_url
-from trustcard.callbacks import CALLBACK_FIELD, CommandRecorder, delivery_commands, signature
+from trustcard.callbacks import CALLBACK_FIELD, JSONCommandRecorder, delivery_commands, signature
 from trustcard.catalogue import WEBHOOK_DELIVERY
 from trustcard.config import load_settings
 from trustcard import task_ends
@@ -328,7 +328,7 @@ def test_cancelling_a_waiting_task_queues_its_delivery_and_resets_the_state(
 
 
 def test_the_recorder_refuses_what_cannot_travel_as_json() -> None:
-    recorder = CommandRecorder()
+    recorder = JSONCommandRecorder()
     recorder.hset("key", "field", b"text")
     assert recorder.commands == [("HSET", "key", "field", "text")]
     with pytest.raises(TypeError):

@@ -36,12 +36,12 @@ import select
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.commands.core import DataAccessCommands
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import get_version
 
+from trustcard.command_recording import CommandRecorder
 from trustcard.connections import as_refused_write
 
 if TYPE_CHECKING:
@@ -168,11 +168,11 @@ return 0
 it was still there: of several putting it back, one does)."""
 
 
-class CommandBatch(DataAccessCommands):
-    """Stands in for a pipeline: RQ's methods queue their commands here, unchanged."""
+class CommandBatch(CommandRecorder):
+    """RQ's commands for one job's start or end, with what the bookkeeping script adds."""
 
     def __init__(self) -> None:
-        self.commands: list[tuple[Any, ...]] = []
+        super().__init__()
         self.best_effort: list[tuple[Any, ...]] = []
         """Commands whose failure must not fail the batch: the counts for /metrics."""
         self.guard: tuple[str, str] | None = None
@@ -182,10 +182,6 @@ class CommandBatch(DataAccessCommands):
         run elsewhere, and a late "finished" must not overwrite that. A command that was
         written to a socket before the cut may also reach Redis minutes later, when the link
         returns (TCP retransmits it), so the check is in the script, next to the writes."""
-
-    def execute_command(self, *args: Any, **options: Any) -> CommandBatch:
-        self.commands.append(args)
-        return self
 
     def rewrite_hash(self, key: str, changes: dict[str, str]) -> None:
         """Write the hash at `key` anew, in the script: its fields with `changes` applied, a
