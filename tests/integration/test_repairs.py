@@ -99,11 +99,12 @@ def test_an_analysis_the_web_never_queued_is_queued_once_without_a_reader(
 
 def test_the_blocking_wait_on_several_queues_keeps_a_trace_and_puts_back_a_second_take(clean_redis: Any) -> None:
     """Real Redis (fakeredis has no sockets to wait on): one BLMOVE per queue; two queues that
-    both answer give one job, and the other goes back to the front of its queue."""
+    both answer give one job, and the other goes back to the front of its queue once the
+    first one's start is sent (or by the next call), never on no list meanwhile."""
     from rq import Queue
 
     from workers.job import CatalogueJob
-    from workers.supervisor.bookkeeping import Bookkeeper
+    from workers.supervisor.bookkeeping import Bookkeeper, CommandBatch
 
     queues = [Queue(name, connection=clean_redis, serializer=JSONSerializer, job_class=CatalogueJob)
               for name in ("webhooks", "analysis", "models", "ingest")]
@@ -117,6 +118,9 @@ def test_the_blocking_wait_on_several_queues_keeps_a_trace_and_puts_back_a_secon
     other = second if found.job.id == first.id else first
     assert clean_redis.lrange(found.queue.intermediate_queue_key, 0, -1) == [found.job.id.encode()]
     other_queue = next(queue for queue in queues if queue.name == other.origin)
+    traces = other_queue.get_job_ids() + [i.decode() for i in clean_redis.lrange(other_queue.intermediate_queue_key, 0, -1)]
+    assert traces == [other.id]
+    book.receive(book.send(CommandBatch()))  # the first job's start sent: the other waits read
     assert other_queue.get_job_ids() == [other.id]
     assert clean_redis.llen(other_queue.intermediate_queue_key) == 0
     book._drop_waiting_connection()

@@ -36,7 +36,7 @@ import select
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import get_version
@@ -218,6 +218,23 @@ class Sent:
 
 
 @dataclass
+class _Unblocking:
+    """`CLIENT UNBLOCK`s sent on `connection` (from the pool), `count` answers not read yet."""
+
+    connection: Connection
+    count: int
+
+
+@dataclass
+class _PendingWaits:
+    """The other waits of a `_wait_each` whose answers are not read yet: (index, queue key)
+    each, and the unblocks that end them."""
+
+    waits: list[tuple[int, str]]
+    unblocking: _Unblocking | None
+
+
+@dataclass
 class Dequeued:
     """A job taken off a queue, with its stored hash (the cancel flag lives there too)."""
 
@@ -246,6 +263,7 @@ class Bookkeeper:
         self._script = connection.register_script(_SCRIPT)
         self._waiting: Connection | None = None
         self._waiting_client = 0
+        self._pending_waits: _PendingWaits | None = None
         self.refused: str | None = None
         """The status of the job whose batch the last `run` refused (its guard), else None."""
 
@@ -259,6 +277,7 @@ class Bookkeeper:
         start, not received yet) it goes on that connection, behind it: one wait for both.
         When the batch's guard refused it, `refused` is the job's status then (else None); the
         take goes on."""
+        self._settle_waits()
         keys = [queue.key for queue in queues] if queues else []
         guard = batch.guard if batch is not None and batch.guard else ("", "")
         args: list[Any] = [
@@ -293,6 +312,11 @@ class Bookkeeper:
         except BaseException:
             pool.release(connection)
             raise
+        try:
+            self._settle_waits()  # while Redis starts the job, and before the job runs
+        except (RedisError, OSError) as error:
+            log.warning("could not read the answers of the other waits (%s); a job one of them took "
+                        "is put back by the taken-job check", error)
         return Sent(connection, args)
 
     def receive(self, sent: Sent) -> None:
@@ -371,9 +395,13 @@ class Bookkeeper:
     def _wait_each(self, keys: list[str], block_seconds: float) -> Dequeued | None:
         """One BLMOVE per queue, each on its own connection. The first answer (a job, or the
         timeout, or the supervisor's unblock) ends the others' waits: each then answers nil,
-        or a job it took meanwhile, which goes back to the front of its queue."""
+        or a job it took meanwhile, which goes back to the front of its queue.
+
+        A job's start must not wait for that: its hash is asked for on its own connection at
+        once, the other waits are ended on another, and their answers are read once the start
+        is sent (`send`), or by the next call here, whichever comes first (`_settle_waits`)."""
+        self._settle_waits()
         waits = self._wait_connections(len(keys))
-        taken: list[tuple[str, bytes]] = []
         try:
             for (connection, _), key in zip(waits, keys, strict=True):
                 connection.send_command("BLMOVE", key, key + ":intermediate", "LEFT", "RIGHT", block_seconds)
@@ -382,38 +410,79 @@ class Bookkeeper:
             if not ready:
                 raise RedisTimeoutError("no answer to a blocking wait")
             answered = sorted(by_socket[sock] for sock in ready)
-            rest = [index for index in range(len(waits)) if index not in answered]
-            if rest and all(waits[index][1] for index in rest):
-                with self.connection.pipeline(transaction=False) as pipeline:
-                    for index in rest:
-                        pipeline.client_unblock(waits[index][1])
-                    pipeline.execute()
-            for index in answered + rest:
-                job_id = waits[index][0].read_response()
-                if job_id is not None:
-                    taken.append((keys[index], job_id))
+            first, first_connection = answered[0], waits[answered[0]][0]
+            job_id = first_connection.read_response()
+            if job_id is not None:
+                first_connection.send_command("HGETALL", self.job_class.key_for(_text(job_id)))
+            rest = [index for index in range(len(waits)) if index != first]
+            unblocking = self._unblock([index for index in rest if index not in answered])
+            self._pending_waits = _PendingWaits([(index, keys[index]) for index in rest], unblocking)
+            raw = first_connection.read_response() if job_id is not None else None
         except BaseException:
             self._drop_waiting_connection()
             raise
-        for key, job_id in taken[1:]:
-            self.connection.eval(_PUT_BACK, 2, key + ":intermediate", key, job_id)
-        if not taken:
+        found = self._build_taken(keys[first], job_id, raw) if job_id is not None else None
+        if found is None:  # nothing to start: nothing to overlap with
+            self._settle_waits()
+        return found
+
+    def _unblock(self, indexes: list[int]) -> Connection | None:
+        """`CLIENT UNBLOCK` of the waits at `indexes`, sent, not read: the connection that
+        carries them (its answers are read by `_settle_waits`), or None when there are none, or
+        one of them has no client id (a Redis without CLIENT ID: those waits end by their timeout)."""
+        if not indexes or not all(self._waits[index][1] for index in indexes):
             return None
-        return self._taken(*taken[0])
+        connection = self.connection.connection_pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(
+                [("CLIENT", "UNBLOCK", self._waits[index][1]) for index in indexes]
+            ))
+        except BaseException:
+            self.connection.connection_pool.release(connection)
+            raise
+        return _Unblocking(connection, len(indexes))
+
+    def _settle_waits(self) -> None:
+        """Read what the other waits of the last `_wait_each` answered, and put back at the
+        front of its queue any job one of them took meanwhile. Until this has run, such a job
+        sits in its queue's intermediate list: if this process dies first, the taken-job check
+        puts it back (`abandoned.put_back_taken`)."""
+        pending, self._pending_waits = self._pending_waits, None
+        if pending is None:
+            return
+        taken: list[tuple[str, bytes]] = []
+        try:
+            if pending.unblocking is not None:
+                try:
+                    for _ in range(pending.unblocking.count):
+                        pending.unblocking.connection.read_response()
+                finally:
+                    self.connection.connection_pool.release(pending.unblocking.connection)
+            for index, key in pending.waits:
+                job_id = self._waits[index][0].read_response()
+                if job_id is not None:
+                    taken.append((key, job_id))
+        except BaseException:
+            self._drop_waiting_connection()
+            raise
+        for key, job_id in taken:
+            self.connection.eval(_PUT_BACK, 2, key + ":intermediate", key, job_id)
 
     def _taken(self, key: bytes | str, job_id: bytes | str | None, traced: bool = True) -> Dequeued | None:
         """The job `wait` took, with its hash; None (and off the intermediate list again)
         when its hash is gone or it already started or ended, as the take script does."""
         if job_id is None:
             return None
-        key_text = key.decode() if isinstance(key, bytes) else key
-        id_text = job_id.decode() if isinstance(job_id, bytes) else job_id
-        raw = self.connection.hgetall(self.job_class.key_for(id_text))
+        return self._build_taken(key, job_id, self.connection.hgetall(self.job_class.key_for(_text(job_id))), traced)
+
+    def _build_taken(self, key: bytes | str, job_id: bytes | str, raw: dict[bytes, bytes] | None,
+                     traced: bool = True) -> Dequeued | None:
+        """`_taken` once the hash is read."""
         if not raw or raw.get(b"status", b"").decode() in _RAN:
             if traced:
-                self.connection.lrem(key_text + ":intermediate", -1, id_text)
+                self.connection.lrem(_text(key) + ":intermediate", -1, _text(job_id))
             return None  # gone since it was queued (RQ skips it too), or a copy of one that ran
-        return self._build(key_text, id_text, raw)
+        return self._build(key, job_id, raw)
 
     def prepare_wait(self) -> int:
         """Make sure `wait` has its connection; returns its Redis client id (0: unknown)."""
@@ -446,6 +515,10 @@ class Bookkeeper:
         return self._waiting
 
     def _drop_waiting_connection(self) -> None:
+        pending, self._pending_waits = self._pending_waits, None
+        if pending is not None and pending.unblocking is not None:
+            pending.unblocking.connection.disconnect()  # its answers are still on the way
+            self.connection.connection_pool.release(pending.unblocking.connection)
         if self._waiting is not None:
             self._waiting.disconnect()
         self._waiting = None
@@ -460,6 +533,10 @@ class Bookkeeper:
         job = self.job_class(id_text, connection=self.connection, serializer=self.serializer)
         job.restore(raw)
         return Dequeued(job, self.queues_by_key[key_text], raw)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _refused_status(first: Any) -> str | None:

@@ -259,7 +259,6 @@ class JobProcess:
             log.info("task %s was cancelled before it started; not running it", job.id)
             cancel_waiting(job)  # counted once, even if the API cancels it at the same moment
             return self._let_go(job, queue, remove_from_intermediate)
-        log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
         soft_timeout = job.timeout or host.queue_class.DEFAULT_TIMEOUT
         # Its start takes the job out of its origin's intermediate list (the queue it came from).
         intermediate_key = self._intermediate_keys.get(job.origin) if remove_from_intermediate else None
@@ -269,6 +268,8 @@ class JobProcess:
         batch, execution = start_batch(host, job, host.get_heartbeat_ttl(job), intermediate_key)
         self.slot.begin(job.id, execution.id, job.origin, float(soft_timeout), float(hard_timeout_of(job)))
         sent = self.book.send(batch)
+        # Said once the start is on its way, not before: Redis writes it meanwhile.
+        log.info("task %s received: %s", job.id, (job.meta or {}).get("job_type") or job.func_name)
         host.executions[execution.id] = execution
         try:
             with host.death_penalty_class(soft_timeout, JobTimeoutException, job_id=job.id):
