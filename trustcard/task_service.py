@@ -49,6 +49,7 @@ from trustcard.settling import settling
 from trustcard.status import CANCEL_FIELD, TaskStatus
 from trustcard.task_batch import BatchIdempotencyKeys, BatchSubmission, BatchTask, check_queue_depths, enqueue_batch
 from trustcard.task_events import progress_log
+from trustcard.task_reading import TaskReader
 from trustcard.task_submission import (
     IdempotencyKeys,
     Submission,
@@ -105,6 +106,7 @@ class TaskService:
         self._idempotency = IdempotencyKeys(connection)
         self._batch_idempotency = BatchIdempotencyKeys(connection)
         self._admitter = Admitter(connection, settings)
+        self._reader = TaskReader(connection)
 
     def _queue(self, name: str) -> Queue:
         """One `Queue` per name for the service's life: it caches Redis's version, which RQ
@@ -389,17 +391,16 @@ class TaskService:
             raise TaskNotFound(f"No task has the id {task_id!r} (unknown, or its result has expired).") from None
 
     def _read(self, job: Job) -> StoredTask:
-        """The job's hash and its latest result in one round trip (the API's hot path:
-        clients poll it); the cancel flag is a field of that same hash."""
-        with self.connection.pipeline(transaction=False) as pipeline:
-            pipeline.hgetall(job.key)
-            pipeline.xrevrange(Result.get_key(job.id), "+", "-", count=1)
-            raw, results = pipeline.execute()
-        if not raw:
+        """The job's hash, its latest result and, if it is started, whether its worker lives,
+        in one Redis call (the API's hot path: clients poll it; `trustcard.task_reading`); the
+        cancel flag is a field of that same hash."""
+        record = self._reader.read(job.key, job.id)
+        if not record.raw:
             raise NoSuchJobError(f"No such job: {job.key}")
-        job.restore(raw)
-        latest = job_results.latest(job.id, raw, results, self.connection, JSONSerializer)
-        return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in raw, latest=latest, callback=read_state(raw))
+        job.restore(record.raw)
+        latest = job_results.latest(job.id, record.raw, record.results, self.connection, JSONSerializer)
+        return StoredTask(job, cancel_requested=CANCEL_FIELD.encode() in record.raw, latest=latest,
+                          callback=read_state(record.raw), worker_alive=record.worker_alive)
 
     def _stop_running(self, job: Job) -> None:
         """Ask the job's worker to stop it, and give it a moment to confirm."""
@@ -416,14 +417,17 @@ class TaskService:
                 return
             time.sleep(0.05)
 
-    def _settle_if_abandoned(self, job: Job) -> bool:
+    def _settle_if_abandoned(self, job: Job, worker_alive: bool | None = None) -> bool:
         """A started job whose worker no longer exists will never finish: let RQ's own
         abandoned-job handling fail it (or retry it, by its policy) now, not at the next
         maintenance pass minutes later. The worker's key lives only while it heartbeats. The
-        workers' own check settles such tasks too; one settler at a time (`settling`)."""
+        workers' own check settles such tasks too; one settler at a time (`settling`).
+        `worker_alive` is what the read found of it (None: ask Redis)."""
         if job.get_status(refresh=False) != JobStatus.STARTED or not job.worker_name:
             return False
-        if self.connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name):
+        if worker_alive is None:
+            worker_alive = bool(self.connection.exists(Worker.redis_worker_namespace_prefix + job.worker_name))
+        if worker_alive:
             return False
         with settling(self.connection, job.origin) as ours:
             if not ours:
@@ -450,6 +454,6 @@ class TaskService:
             count_abandoned(job, retried=False)
 
     def _view(self, stored: StoredTask) -> TaskView:
-        if self._settle_if_abandoned(stored.job):
+        if self._settle_if_abandoned(stored.job, stored.worker_alive):
             stored = self._read(stored.job)
         return build_view(stored)

@@ -120,6 +120,8 @@ class StoredTask:
     cancel_requested: bool
     latest: Result | None
     callback: dict[str, Any] | None = None
+    worker_alive: bool | None = None
+    """For a started task, whether its worker's key existed at the read (None: not known)."""
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -217,12 +217,17 @@ def test_reading_a_task_is_one_redis_round_trip(
     client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Clients poll GET /tasks/<id>: the job hash, the cancel flag in it and the latest
-    result are read together, whatever state the task is in."""
+    result are read together, whatever state the task is in, and for a running task whether
+    its worker lives (trustcard.task_reading)."""
     waiting = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
     cancelled = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
     assert client.delete(f"/tasks/{cancelled}").status_code == 200
+    running = submit(client, "/tasks/test/add?x=1&y=3")["task_id"]
+    fake_redis.hset(f"rq:job:{running}", mapping={"status": "started", "worker_name": "w1",
+                                                  "started_at": "2026-12-03T11:00:00.000000Z"})
+    fake_redis.hset("rq:worker:w1", "state", "busy")
     round_trips = RoundTrips(monkeypatch, fake_redis)
-    for task_id, status in ((waiting, "pending"), (cancelled, "cancelled")):
+    for task_id, status in ((waiting, "pending"), (cancelled, "cancelled"), (running, "started")):
         round_trips.count = 0
         assert client.get(f"/tasks/{task_id}").get_json()["status"] == status
         assert round_trips.count == 1, task_id
