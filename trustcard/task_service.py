@@ -49,7 +49,7 @@ from trustcard.settling import settling
 from trustcard.status import CANCEL_FIELD, TaskStatus
 from trustcard.task_batch import BatchIdempotencyKeys, BatchSubmission, BatchTask, check_queue_depths, enqueue_batch
 from trustcard.task_events import progress_log
-from trustcard.task_reading import TaskReader
+from trustcard.task_reading import read_task
 from trustcard.task_submission import (
     IdempotencyKeys,
     Submission,
@@ -106,7 +106,6 @@ class TaskService:
         self._idempotency = IdempotencyKeys(connection)
         self._batch_idempotency = BatchIdempotencyKeys(connection)
         self._admitter = Admitter(connection, settings)
-        self._reader = TaskReader(connection)
 
     def _queue(self, name: str) -> Queue:
         """One `Queue` per name for the service's life: it caches Redis's version, which RQ
@@ -392,9 +391,9 @@ class TaskService:
 
     def _read(self, job: Job) -> StoredTask:
         """The job's hash, its latest result and, if it is started, whether its worker lives,
-        in one Redis call (the API's hot path: clients poll it; `trustcard.task_reading`); the
+        in one round trip (the API's hot path: clients poll it; `trustcard.task_reading`); the
         cancel flag is a field of that same hash."""
-        record = self._reader.read(job.key, job.id)
+        record = read_task(self.connection, job.key, job.id)
         if not record.raw:
             raise NoSuchJobError(f"No such job: {job.key}")
         job.restore(record.raw)
