@@ -426,10 +426,10 @@ class Bookkeeper:
             self._settle_waits()
         return found
 
-    def _unblock(self, indexes: list[int]) -> Connection | None:
-        """`CLIENT UNBLOCK` of the waits at `indexes`, sent, not read: the connection that
-        carries them (its answers are read by `_settle_waits`), or None when there are none, or
-        one of them has no client id (a Redis without CLIENT ID: those waits end by their timeout)."""
+    def _unblock(self, indexes: list[int]) -> _Unblocking | None:
+        """`CLIENT UNBLOCK` of the waits at `indexes`, sent, not read (`_settle_waits` reads the
+        answers); None when there are none, or one of them has no client id (a Redis without
+        CLIENT ID: those waits end by their timeout)."""
         if not indexes or not all(self._waits[index][1] for index in indexes):
             return None
         connection = self.connection.connection_pool.get_connection()
@@ -453,11 +453,15 @@ class Bookkeeper:
         taken: list[tuple[str, bytes]] = []
         try:
             if pending.unblocking is not None:
+                unblocking = pending.unblocking.connection
                 try:
                     for _ in range(pending.unblocking.count):
-                        pending.unblocking.connection.read_response()
+                        unblocking.read_response()
+                except BaseException:
+                    unblocking.disconnect()  # answers may still be on the way: not reusable
+                    raise
                 finally:
-                    self.connection.connection_pool.release(pending.unblocking.connection)
+                    self.connection.connection_pool.release(unblocking)
             for index, key in pending.waits:
                 job_id = self._waits[index][0].read_response()
                 if job_id is not None:
