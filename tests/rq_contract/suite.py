@@ -122,7 +122,16 @@ def run_suite(worker_class: str, redis_port: int, *, expected: bool, report: Pat
             if again == "passed":
                 outcome.outcomes[node_id] = "passed"
                 break
+    if outcome.returncode == PYTEST_TESTS_FAILED and outcome.reruns and all(
+        result in PASSING for result in outcome.outcomes.values()
+    ):
+        outcome.returncode = 0  # its only failures passed when run again: the suite passed
     return outcome
+
+
+PYTEST_TESTS_FAILED = 1
+"""pytest's exit status when tests ran and some failed."""
+PASSING = ("passed", "skipped", "xfailed")
 
 
 def _run(suite: Path, env: dict[str, str], tests: list[str], report: Path) -> Outcome:
