@@ -31,6 +31,7 @@ from trustcard.config import Settings
 from trustcard.connections import as_refused_write
 from trustcard.metrics.outcomes import SubmissionOutcome
 from trustcard.metrics.store import SUBMISSIONS_KEY
+from trustcard.task_events import watch_command
 from trustcard.token_bucket import KEY_PREFIX, TAKE_FUNCTION, BucketState, refusal
 
 ACCEPTED, RATE_LIMITED, QUEUE_FULL = 1, 0, 2
@@ -61,11 +62,11 @@ return {1, tostring(tokens)}
 # number of words followed by the words.
 
 
-def script_arguments(recorder: CommandRecorder) -> list[Any]:
-    """The recorded commands flattened for the script: their number, then each one's
-    length followed by its words."""
-    flat: list[Any] = [len(recorder.commands)]
-    for command in recorder.commands:
+def script_arguments(commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The commands flattened for the script: their number, then each one's length
+    followed by its words."""
+    flat: list[Any] = [len(commands)]
+    for command in commands:
         flat.append(len(command))
         flat.extend(command)
     return flat
@@ -77,6 +78,9 @@ class Admission:
 
     client_key: str
     """The client's bucket (`trustcard.api.auth.rate_limit_key`)."""
+    watch: tuple[str, float] | None = None
+    """(task id, seconds): the task's events published for that long, from before its
+    enqueue (`Prefer: wait`: the submission waits on its end; `trustcard.task_events`)."""
     bucket: BucketState | None = None
     """Set by the admission, whether it admitted or refused (None while the limit is off):
     the answer's RateLimit-* headers."""
@@ -100,7 +104,10 @@ class Admitter:
         limited = admission is not None and settings.rate_limit_per_minute > 0
         rate = settings.rate_limit_per_minute / 60 if limited else 0
         bucket = KEY_PREFIX + admission.client_key if admission is not None else KEY_PREFIX
-        args = [rate, settings.rate_limit_burst, settings.max_queue_depth, int(counted), *script_arguments(recorder)]
+        commands = recorder.commands
+        if admission is not None and admission.watch is not None:
+            commands = [watch_command(*admission.watch), *commands]
+        args = [rate, settings.rate_limit_burst, settings.max_queue_depth, int(counted), *script_arguments(commands)]
         try:
             verdict, tokens = self._admit(keys=[bucket, SUBMISSIONS_KEY, queue_key], args=args)
         except ResponseError as error:

@@ -87,12 +87,16 @@ def latest(job_id: str, hash_fields: dict[bytes, bytes] | dict[str, bytes | None
     return from_fields(job_id, fields, connection, serializer) or streamed
 
 
-def read_latest(job: Job, serializer: Any = None) -> Result | None:
-    """The job's latest result in one round trip (its hash's fields and the stream's latest entry)."""
+def read_latest(job: Job, serializer: Any = None, watch_seconds: float | None = None) -> Result | None:
+    """The job's latest result in one round trip (its hash's fields and the stream's latest
+    entry); with `watch_seconds`, the job's end published for that long from before the read
+    (`trustcard.task_events.watch_command`)."""
     with job.connection.pipeline(transaction=False) as pipeline:
+        if watch_seconds is not None:
+            pipeline.execute_command(*task_events.watch_command(job.id, watch_seconds))
         pipeline.hmget(job.key, _FIELDS)
         pipeline.xrevrange(Result.get_key(job.id), "+", "-", count=1)
-        values, entries = pipeline.execute()
+        *_, values, entries = pipeline.execute()
     return latest(job.id, dict(zip(_FIELDS, values, strict=True)), entries, job.connection, serializer)
 
 
@@ -109,7 +113,8 @@ def fetch_latest(cls: type[Result], job: Job, serializer: Any = None, timeout: i
         pubsub.subscribe(task_events.channel(job.id))
         deadline = time.monotonic() + timeout
         while True:
-            found = read_latest(job, serializer)
+            # Watched until the next read: a slice, and a margin for the reply's way.
+            found = read_latest(job, serializer, watch_seconds=WAIT_SLICE_SECONDS + 5)
             remaining = deadline - time.monotonic()
             if found is not None or remaining <= 0:
                 return found

@@ -7,6 +7,15 @@ Pub/sub delivers to whoever is subscribed at that moment and keeps nothing, so a
 registers before it reads, and what a stream may replay lives in the job's meta
 (`PROGRESS_LOG_FIELD`), not in the messages.
 
+A task's events are published only while somebody watches it: a reader sets the task's
+watch key (`watch_command`) in the same round trip as its first read, before that read, and
+the publish checks the key in the same script call that records the write it announces
+(`PUBLISH_IF_WATCHED`). Either the key was set before the write, and the message goes out,
+or after it, and the reader's read sees the write. Without that, every task's end woke
+every web process's listener (the pattern subscription hears every task), whoever waited:
+about 2,000 wake-ups a second across two web processes while two workers drained, taking
+CPU from the workers on the same cores.
+
 No Flask here: the worker side imports this module too.
 """
 
@@ -16,6 +25,28 @@ import logging
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+WATCH_PREFIX = "trustcard:watch:"
+"""`trustcard:watch:<task id>`: set while somebody waits on or streams the task."""
+PUBLISH_IF_WATCHED = "TRUSTCARD.PUBLISH"
+"""The command, in the command lists our scripts run (the worker's bookkeeping, the counts'
+script in RQ's pipelines), that publishes only while the task's watch key exists:
+`(PUBLISH_IF_WATCHED, watch key, channel, message)`. The watch key comes first, where those
+scripts look for the keys a command touches."""
+PUBLISH_IF_WATCHED_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return 0
+"""
+"""The same, as a script of its own: KEYS the watch key, ARGV the channel and the message."""
+PUBLISH_IF_WATCHED_LUA = """
+local function publish_if_watched(command)
+  local watched = redis.pcall('EXISTS', command[2])
+  if watched == 1 then return redis.pcall('PUBLISH', command[3], command[4]) end
+  return watched
+end
+"""
+"""The Lua function that runs a `PUBLISH_IF_WATCHED` command, for the scripts that run lists
+of best-effort commands: like `redis.pcall`, it answers an error as a reply, never raises."""
 
 CHANNEL_PREFIX = "trustcard:task:"
 CHANNEL_PATTERN = CHANNEL_PREFIX + "*"
@@ -44,15 +75,26 @@ def task_id_of(channel_name: str | bytes) -> str | None:
     return name[len(CHANNEL_PREFIX) :] or None
 
 
+def watch_key(task_id: str) -> str:
+    return WATCH_PREFIX + task_id
+
+
+def watch_command(task_id: str, seconds: float) -> tuple[Any, ...]:
+    """The command that makes `task_id`'s events published for the next `seconds` (a reader
+    renews it with each read); it goes before the reader's read, in the same round trip."""
+    return ("SET", watch_key(task_id), "1", "PX", max(1, int(seconds * 1000)))
+
+
 def end_command(task_id: str) -> tuple[Any, ...]:
-    """The command that announces `task_id`'s end; it runs with the end record itself
-    (trustcard.task_ends.job_end_commands), so no end path can forget it."""
-    return ("PUBLISH", channel(task_id), END_MESSAGE)
+    """The command that announces `task_id`'s end to whoever watches it; it runs with the end
+    record itself (trustcard.task_ends.job_end_commands), so no end path can forget it."""
+    return (PUBLISH_IF_WATCHED, watch_key(task_id), channel(task_id), END_MESSAGE)
 
 
-def progress_command(task_id: str, seq: int) -> tuple[Any, ...]:
-    """The command that announces progress write number `seq` of `task_id`."""
-    return ("PUBLISH", channel(task_id), str(seq))
+def progress_arguments(task_id: str, seq: int) -> tuple[Any, ...]:
+    """`EVAL` arguments that announce progress write number `seq` of `task_id` to whoever
+    watches it."""
+    return (PUBLISH_IF_WATCHED_SCRIPT, 1, watch_key(task_id), channel(task_id), str(seq))
 
 
 def append_progress(meta: dict[str, Any], progress: dict[str, Any]) -> int:

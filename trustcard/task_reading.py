@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from rq.results import Result
 from rq.worker import Worker
 
+from trustcard.task_events import watch_command
+
 if TYPE_CHECKING:
     from redis import Redis
 
@@ -44,11 +46,14 @@ class TaskRecord:
     worker_alive: bool | None
 
 
-def read_task(connection: Redis, job_key: str, job_id: str) -> TaskRecord:
-    """The task's record, in one round trip."""
+def read_task(connection: Redis, job_key: str, job_id: str, watch_seconds: float | None = None) -> TaskRecord:
+    """The task's record, in one round trip; with `watch_seconds`, the task watched for that
+    long first (`trustcard.task_events.watch_command`: a waiter's read)."""
     with connection.pipeline(transaction=False) as pipeline:
+        if watch_seconds is not None:
+            pipeline.execute_command(*watch_command(job_id, watch_seconds))
         pipeline.hgetall(job_key)
         pipeline.xrevrange(Result.get_key(job_id), "+", "-", count=1)
         pipeline.eval(WORKER_ALIVE_SCRIPT, 1, job_key, Worker.redis_worker_namespace_prefix)
-        raw, results, alive = pipeline.execute()
+        *_, raw, results, alive = pipeline.execute()
     return TaskRecord(raw, results, None if alive == -1 else bool(alive))

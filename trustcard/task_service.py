@@ -316,14 +316,18 @@ class TaskService:
         return self._view(self._read(job))
 
     @redis_required
-    def get(self, task_id: str) -> TaskView:
-        return self._view(self._fetch(task_id))
+    def get(self, task_id: str, *, watch_seconds: float | None = None) -> TaskView:
+        """The task's view. With `watch_seconds`, its events are published for that long from
+        before this read (a waiter's read: `trustcard.task_events`)."""
+        return self._view(self._fetch(task_id, watch_seconds))
 
     @redis_required
-    def get_with_progress_log(self, task_id: str) -> tuple[TaskView, list[dict[str, Any]]]:
+    def get_with_progress_log(
+        self, task_id: str, *, watch_seconds: float | None = None
+    ) -> tuple[TaskView, list[dict[str, Any]]]:
         """The task's view and the progress history its job kept (for event streams), from
-        one read."""
-        stored = self._fetch(task_id)
+        one read (watched as with `get`)."""
+        stored = self._fetch(task_id, watch_seconds)
         return self._view(stored), progress_log(job_meta(stored.job))
 
     @redis_required
@@ -380,20 +384,20 @@ class TaskService:
     def worker_count(self) -> int:
         return Worker.count(connection=self.connection)
 
-    def _fetch(self, task_id: str) -> StoredTask:
+    def _fetch(self, task_id: str, watch_seconds: float | None = None) -> StoredTask:
         if not TASK_ID_PATTERN.match(task_id):
             raise TaskNotFound(f"No task has the id {task_id!r}.")
         job = Job(task_id, connection=self.connection, serializer=JSONSerializer)
         try:
-            return self._read(job)
+            return self._read(job, watch_seconds)
         except NoSuchJobError:
             raise TaskNotFound(f"No task has the id {task_id!r} (unknown, or its result has expired).") from None
 
-    def _read(self, job: Job) -> StoredTask:
+    def _read(self, job: Job, watch_seconds: float | None = None) -> StoredTask:
         """The job's hash, its latest result and, if it is started, whether its worker lives,
         in one round trip (the API's hot path: clients poll it; `trustcard.task_reading`); the
         cancel flag is a field of that same hash."""
-        record = read_task(self.connection, job.key, job.id)
+        record = read_task(self.connection, job.key, job.id, watch_seconds)
         if not record.raw:
             raise NoSuchJobError(f"No such job: {job.key}")
         job.restore(record.raw)

@@ -11,7 +11,7 @@ import logging
 
 from rq import get_current_job
 
-from trustcard.task_events import append_progress, progress_command
+from trustcard.task_events import append_progress, progress_arguments
 
 log = logging.getLogger(__name__)
 
@@ -24,5 +24,5 @@ def report_progress(percent: int, stage: str, **extra: object) -> None:
     seq = append_progress(job.meta, {"percent": percent, "stage": stage, **extra})
     with job.connection.pipeline() as pipeline:
         pipeline.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        pipeline.execute_command(*progress_command(job.id, seq))
+        pipeline.eval(*progress_arguments(job.id, seq))
         pipeline.execute()

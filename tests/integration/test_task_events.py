@@ -201,3 +201,36 @@ def test_a_wait_when_redis_goes_away_is_the_json_503_not_a_hang(
     response = answers[0]
     assert response.status_code == 503 and response.json()["error"] == "queue_unavailable", response.text
     assert response.headers["Retry-After"]
+
+
+def test_only_a_watched_task_is_published(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess], private_redis: Any
+) -> None:
+    """Ends nobody waits on publish nothing, so they wake no web process's listener; a task
+    with a `?wait` reader is announced, and its wait answers at once. Counted by Redis itself
+    (PUBLISH calls, those from scripts included) on a private Redis with nothing else on it."""
+    stack = make_stack(private_redis.url)
+    stack.start_worker()
+    web = start_web(stack.env)
+    counter = redis.Redis.from_url(private_redis.url)
+
+    def publishes() -> int:
+        return int(counter.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+    def completed(task_id: str) -> bool:
+        return bool(requests.get(f"{web.url}/tasks/{task_id}", timeout=5).json()["status"] == "completed")
+
+    warm = submit(web, "/tasks/test/add", x=0, y=0)  # the event hub's listener, started by a wait
+    assert requests.get(f"{web.url}/tasks/{warm}", params={"wait": 10}, timeout=15).json()["status"] == "completed"
+    before = publishes()
+    unwatched = [submit(web, "/tasks/test/add", x=index, y=1) for index in range(5)]
+    for task_id in unwatched:
+        wait_until(lambda task_id=task_id: completed(task_id), 30, f"task {task_id} to complete")
+    assert publishes() == before
+    watched = submit(web, "/tasks/test/sleep", seconds=1)
+    response = requests.get(f"{web.url}/tasks/{watched}", params={"wait": 10}, timeout=15)
+    answered = time.time()
+    assert response.json()["status"] == "completed", response.text
+    assert answered - _parse_iso(response.json()["ended_at"]) < 0.1
+    assert publishes() == before + 1
+    counter.close()

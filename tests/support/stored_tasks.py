@@ -36,6 +36,7 @@ from trustcard.catalogue import BY_NAME
 from trustcard.config import Settings
 from trustcard.metrics.outcomes import SubmissionOutcome
 from trustcard.metrics.store import SUBMISSIONS_KEY
+from trustcard.task_events import PUBLISH_IF_WATCHED
 from trustcard.task_submission import stage
 from workers.supervisor import JobProcessSupervisor
 from workers.supervisor.batches import start_batch, success_batch
@@ -141,11 +142,14 @@ def record_task(connection: Redis, settings: Settings, failed: bool, worker_name
 def _rewrites_expanded(commands: list[Command]) -> list[Command]:
     """The commands with each of the bookkeeping script's own `REWRITE` (a job hash written
     anew, `CommandBatch.rewrite_hash`) turned into the DEL and HSET it makes of the hash the
-    commands before it wrote: the template's hash is never stored, so the replay cannot read it."""
+    commands before it wrote: the template's hash is never stored, so the replay cannot read it.
+    The end's `PUBLISH_IF_WATCHED` goes: nobody watches a stored task."""
     hashes: dict[str, dict[str, Any]] = {}
     expanded: list[Command] = []
     for command in commands:
         name = str(command[0]).upper()
+        if name == PUBLISH_IF_WATCHED:
+            continue  # a stored task is watched by nobody: its end's announcement publishes nothing
         if name == REWRITE:
             key, changes = str(command[1]), command[2]
             fields = {**hashes.get(key, {}), **changes}

@@ -67,7 +67,7 @@ def write_progress(fake_redis: fakeredis.FakeRedis, task_id: str, percent: int, 
     job = job_of(fake_redis, task_id)
     seq = task_events.append_progress(job.meta, {"percent": percent, "stage": stage})
     job.save_meta()
-    fake_redis.execute_command(*task_events.progress_command(task_id, seq))
+    fake_redis.eval(*task_events.progress_arguments(task_id, seq))
     return seq
 
 
@@ -80,8 +80,8 @@ def finish(fake_redis: fakeredis.FakeRedis, task_id: str, result: Any = 3) -> No
         Result.create(job, Result.Type.SUCCESSFUL, ttl=60, return_value=result, pipeline=pipeline)
         pipeline.execute()
     for command in job_end_commands(job, TaskOutcome.COMPLETED, timed=False):
-        if command[0] == "PUBLISH":
-            fake_redis.execute_command(*command)
+        if command[0] == task_events.PUBLISH_IF_WATCHED:
+            fake_redis.eval(task_events.PUBLISH_IF_WATCHED_SCRIPT, 1, *command[1:])
 
 
 # --- what workers publish ----------------------------------------------------------------
@@ -93,13 +93,62 @@ def test_channel_names_round_trip() -> None:
     assert task_events.task_id_of("other:abc") is None
 
 
-def test_every_end_carries_the_publish_of_its_task(fake_redis: fakeredis.FakeRedis) -> None:
+def test_every_end_carries_the_publish_of_its_task_while_watched(fake_redis: fakeredis.FakeRedis) -> None:
     job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue(
         "workers.diagnostics.add", 1, 2, meta={"job_type": "test.add"}
     )
+    announce = (task_events.PUBLISH_IF_WATCHED, f"trustcard:watch:{job.id}", f"trustcard:task:{job.id}", "end")
     for outcome in TaskOutcome:
-        commands = job_end_commands(job, outcome, timed=False)
-        assert ("PUBLISH", f"trustcard:task:{job.id}", "end") in commands, outcome
+        assert announce in job_end_commands(job, outcome, timed=False), outcome
+
+
+def _listening(fake_redis: fakeredis.FakeRedis, task_id: str) -> Any:
+    pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(task_events.channel(task_id))
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    return pubsub
+
+
+def _published(pubsub: Any) -> list[bytes]:
+    messages = []
+    while (message := pubsub.get_message(timeout=0.05)) is not None:
+        messages.append(message["data"])
+    return messages
+
+
+def test_an_end_is_published_only_while_its_task_is_watched_by_the_counts_script(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    """RQ's own end paths run the end's commands through the counts' script (trustcard.task_ends)."""
+    from trustcard.task_ends import count_end
+
+    job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue(
+        "workers.diagnostics.add", 1, 2, meta={"job_type": "test.add"}
+    )
+    pubsub = _listening(fake_redis, job.id)
+    assert count_end(fake_redis, job, TaskOutcome.FAILED, timed=False)
+    assert _published(pubsub) == []  # nobody watches: no wake-up for any web process
+    fake_redis.execute_command(*task_events.watch_command(job.id, 5))
+    assert count_end(fake_redis, job, TaskOutcome.FAILED, timed=False)
+    assert _published(pubsub) == [b"end"]
+    assert 0 < fake_redis.pttl(task_events.watch_key(job.id)) <= 5000
+
+
+def test_an_end_is_published_only_while_its_task_is_watched_by_the_workers_bookkeeping(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    from workers.job import CatalogueJob
+    from workers.supervisor.bookkeeping import Bookkeeper, CommandBatch
+
+    book = Bookkeeper(fake_redis, [], CatalogueJob, JSONSerializer)
+    pubsub = _listening(fake_redis, "t1")
+    for watched in (False, True):
+        if watched:
+            fake_redis.execute_command(*task_events.watch_command("t1", 5))
+        batch = CommandBatch()
+        batch.best_effort.append(task_events.end_command("t1"))
+        assert book.run(batch, None) is None
+        assert _published(pubsub) == ([b"end"] if watched else [])
 
 
 def test_progress_history_is_bounded_and_keeps_counting() -> None:
@@ -113,21 +162,23 @@ def test_progress_history_is_bounded_and_keeps_counting() -> None:
     assert meta["progress"] == {"percent": seq - 1, "stage": f"s{seq - 1}"}  # the view's field, as before
 
 
-def test_report_progress_writes_the_meta_and_publishes(fake_redis: fakeredis.FakeRedis, monkeypatch: Any) -> None:
+def test_report_progress_writes_the_meta_and_publishes_while_watched(
+    fake_redis: fakeredis.FakeRedis, monkeypatch: Any
+) -> None:
     from workers import progress
 
     job = Queue("analysis", connection=fake_redis, serializer=JSONSerializer).enqueue("workers.diagnostics.long_task")
     monkeypatch.setattr(progress, "get_current_job", lambda: job)
-    pubsub = fake_redis.pubsub()
-    pubsub.subscribe(task_events.channel(job.id))
-    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    pubsub = _listening(fake_redis, job.id)
+    progress.report_progress(10, "Fetching the post...")
+    assert _published(pubsub) == []  # nobody watches it yet
+    fake_redis.execute_command(*task_events.watch_command(job.id, 5))
     progress.report_progress(20, "Running AI detection...")
     progress.report_progress(40, "Checking for deepfakes...")
     stored = job_of(fake_redis, job.id)
     assert stored.meta["progress"] == {"percent": 40, "stage": "Checking for deepfakes..."}
-    assert [entry["seq"] for entry in stored.meta["progress_log"]] == [1, 2]
-    messages = [pubsub.get_message(timeout=1) for _ in range(2)]
-    assert [message["data"] for message in messages if message] == [b"1", b"2"]
+    assert [entry["seq"] for entry in stored.meta["progress_log"]] == [1, 2, 3]
+    assert _published(pubsub) == [b"2", b"3"]
 
 
 # --- the listener ------------------------------------------------------------------------
@@ -217,12 +268,15 @@ def test_wait_answers_when_the_task_ends(client: FlaskClient, fake_redis: fakere
     assert 0.25 < elapsed < 2, elapsed
 
 
-def test_wait_answers_at_its_deadline(client: FlaskClient) -> None:
+def test_wait_answers_at_its_deadline(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
     task_id = submit(client)
+    assert not fake_redis.exists(task_events.watch_key(task_id))  # a plain submission: nobody watches
     started = time.monotonic()
     response = client.get(f"/tasks/{task_id}?wait=0.5")
     assert 0.5 <= time.monotonic() - started < 1.5
     assert response.get_json()["status"] == "pending"
+    # Watched from its first read for the wait and a margin (trustcard.task_events).
+    assert 0 < fake_redis.pttl(task_events.watch_key(task_id)) <= 5500
 
 
 def test_wait_on_an_unknown_task_is_the_json_404(client: FlaskClient) -> None:
@@ -262,6 +316,8 @@ def test_stream_of_an_ended_task_is_its_state_then_its_end(
     assert (state["event"], state["id"]) == ("state", "1")
     assert (end["event"], end["id"]) == ("end", "2")
     assert end["data"] == client.get(f"/tasks/{task_id}").get_json()
+    # Its reads watch the task for a quiet stream's longest gap between two reads, and a margin.
+    assert 60_000 < fake_redis.pttl(task_events.watch_key(task_id)) <= 80_500
 
 
 def test_stream_replays_what_came_after_last_event_id(client: FlaskClient, fake_redis: fakeredis.FakeRedis) -> None:
@@ -368,9 +424,9 @@ def test_a_submission_with_prefer_wait_reads_its_task_only_once_it_ended(
     reads: list[str] = []
     get = TaskService.get
 
-    def counted_get(self: TaskService, task_id: str) -> Any:
+    def counted_get(self: TaskService, task_id: str, **kwargs: Any) -> Any:
         reads.append(task_id)
-        return get(self, task_id)
+        return get(self, task_id, **kwargs)
 
     monkeypatch.setattr(TaskService, "get", counted_get)
     worker = finish_when_queued(fake_redis)
@@ -380,11 +436,15 @@ def test_a_submission_with_prefer_wait_reads_its_task_only_once_it_ended(
     assert reads == [response.get_json()["task_id"]]
 
 
-def test_a_submission_with_prefer_wait_answers_202_at_its_deadline(client: FlaskClient) -> None:
+def test_a_submission_with_prefer_wait_answers_202_at_its_deadline(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis
+) -> None:
     started = time.monotonic()
     response = client.post("/tasks/test/add?x=1&y=2", headers={"Prefer": "wait=0.5"})
     assert 0.5 <= time.monotonic() - started < 1.5
     assert response.status_code == 202 and response.get_json()["status"] == "submitted"
+    # Watched from its admission, in the same script call, for the wait and a margin.
+    assert 0 < fake_redis.pttl(task_events.watch_key(response.get_json()["task_id"])) <= 5500
 
 
 def test_a_replayed_submission_with_prefer_wait_follows_the_earlier_task(

@@ -29,6 +29,7 @@ from trustcard.api.task_stream import (
     wait_for_end,
     wait_on,
     wait_seconds,
+    watch_for,
 )
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH
 from trustcard.catalogue import JobType, find_by_route
@@ -168,7 +169,8 @@ def submit(job_route: str) -> tuple[Response, int, dict[str, str]]:
     job_id = str(uuid.uuid4())
     # With `Prefer: wait`, the waiter registers before the enqueue: no end can be missed, and
     # the task just enqueued needs no read before the wait (a 503 then comes before it too).
-    admission = Admission(rate_limit_key())  # the rate limit is taken in the enqueue's call
+    # The rate limit is taken in the enqueue's call, and a waiting submission's watch set there.
+    admission = Admission(rate_limit_key(), watch=(job_id, watch_for(wait)) if wait is not None else None)
     with _event_hub().waiting(job_id) if wait is not None else nullcontext() as waiter:
         try:
             submission = _service().submit(

@@ -64,6 +64,16 @@ and so announces, just before it fails the task). Not at every heartbeat: a thou
 streams opened together would read together every 15 s."""
 
 
+WATCH_MARGIN_SECONDS = 5.0
+"""A reader's watch (`trustcard.task_events.watch_command`) outlives the time until its next
+read by this much."""
+
+
+def watch_for(seconds: float) -> float:
+    """How long a watch set now must last for a reader that reads again within `seconds`."""
+    return seconds + WATCH_MARGIN_SECONDS
+
+
 def has_ended(view: TaskView) -> bool:
     return TaskStatus(view.status).has_ended
 
@@ -118,13 +128,14 @@ def wait_for_end(service: TaskService, hub: EventHub, task_id: str, seconds: flo
     """The task's view as soon as it has ended, else after `seconds` as it is then."""
     deadline = time.monotonic() + seconds
     with hub.waiting(task_id) as waiter:
-        return wait_on(service, waiter, service.get(task_id), deadline)
+        return wait_on(service, waiter, service.get(task_id, watch_seconds=watch_for(seconds)), deadline)
 
 
 def wait_on(service: TaskService, waiter: Waiter, view: TaskView, deadline: float) -> TaskView:
     """`view` once its task has ended, read again at each message, else as it is at `deadline`
     (monotonic). `view` must be newer than `waiter`'s registration: read after it, or, for a
-    submission that registered first, the task just enqueued (so its wait skips a read)."""
+    submission that registered first, the task just enqueued (so its wait skips a read), and
+    the task watched until `deadline` (the read's or the admission's `watch_command`)."""
     while not has_ended(view):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -152,9 +163,11 @@ class TaskStream:
         self.after = after
         self.heartbeat_seconds = heartbeat_seconds
         self._hub = hub
+        self._watch_seconds = watch_for(RECHECK_SECONDS + heartbeat_seconds)
+        """Each read renews the watch; a quiet stream reads again within a recheck and a heartbeat."""
         self.waiter: Waiter = hub.register(task_id)
         try:
-            self.view, self.log = service.get_with_progress_log(task_id)
+            self.view, self.log = service.get_with_progress_log(task_id, watch_seconds=self._watch_seconds)
         except BaseException:
             self.close()
             raise
@@ -204,5 +217,5 @@ class TaskStream:
                 last_write = time.monotonic()
                 if last_write - last_read < RECHECK_SECONDS:
                     continue
-            self.view, self.log = self.service.get_with_progress_log(self.task_id)
+            self.view, self.log = self.service.get_with_progress_log(self.task_id, watch_seconds=self._watch_seconds)
             last_read = time.monotonic()
