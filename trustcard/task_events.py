@@ -33,11 +33,6 @@ PUBLISH_IF_WATCHED = "TRUSTCARD.PUBLISH"
 script in RQ's pipelines), that publishes only while the task's watch key exists:
 `(PUBLISH_IF_WATCHED, watch key, channel, message)`. The watch key comes first, where those
 scripts look for the keys a command touches."""
-PUBLISH_IF_WATCHED_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return 0
-"""
-"""The same, as a script of its own: KEYS the watch key, ARGV the channel and the message."""
 PUBLISH_IF_WATCHED_LUA = """
 local function publish_if_watched(command)
   local watched = redis.pcall('EXISTS', command[2])
@@ -45,8 +40,29 @@ local function publish_if_watched(command)
   return watched
 end
 """
-"""The Lua function that runs a `PUBLISH_IF_WATCHED` command, for the scripts that run lists
-of best-effort commands: like `redis.pcall`, it answers an error as a reply, never raises."""
+"""The Lua function that runs a `PUBLISH_IF_WATCHED` command: like `redis.pcall`, it answers an
+error as a reply, never raises."""
+BEST_EFFORT_LUA = PUBLISH_IF_WATCHED_LUA + """
+local function best_effort(command, who)
+  local reply
+  if command[1] == '""" + PUBLISH_IF_WATCHED + """' then
+    reply = publish_if_watched(command)
+  else
+    reply = redis.pcall(unpack(command))
+  end
+  if type(reply) == 'table' and reply.err then
+    redis.log(redis.LOG_WARNING, who .. tostring(command[1]) .. ' ' .. tostring(command[2]) .. ': ' .. tostring(reply.err))
+  end
+  return reply
+end
+"""
+"""`best_effort(command, who)`, for the scripts that run lists of best-effort commands (the
+worker's bookkeeping, the counts' script in RQ's pipelines): one command, `PUBLISH_IF_WATCHED`
+included, whose failure is logged by Redis (prefixed `who`) and stops nothing."""
+PUBLISH_IF_WATCHED_SCRIPT = PUBLISH_IF_WATCHED_LUA + """
+return publish_if_watched({false, KEYS[1], ARGV[1], ARGV[2]})
+"""
+"""A `PUBLISH_IF_WATCHED` as a script of its own: KEYS the watch key, ARGV the channel and the message."""
 
 CHANNEL_PREFIX = "trustcard:task:"
 CHANNEL_PATTERN = CHANNEL_PREFIX + "*"

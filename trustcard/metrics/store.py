@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from trustcard.metrics.outcomes import DURATION_BUCKETS, SubmissionOutcome, TaskOutcome
-from trustcard.task_events import PUBLISH_IF_WATCHED_LUA
+from trustcard.task_events import BEST_EFFORT_LUA
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -37,16 +37,9 @@ SEPARATOR = "|"
 SUM_FIELD = "sum"
 INF_BOUND = "+Inf"
 
-_COUNT = PUBLISH_IF_WATCHED_LUA + """
+_COUNT = BEST_EFFORT_LUA + """
 if ARGV[2] ~= '' and not redis.call('SET', ARGV[2], '1', 'NX', 'EX', ARGV[3]) then return 0 end
-for _, command in ipairs(cjson.decode(ARGV[1])) do
-  local reply
-  if command[1] == 'TRUSTCARD.PUBLISH' then reply = publish_if_watched(command) else reply = redis.pcall(unpack(command)) end
-  if type(reply) == 'table' and reply.err then
-    local name = tostring(command[1]) .. ' ' .. tostring(command[2])
-    redis.log(redis.LOG_WARNING, 'trustcard metrics: ' .. name .. ': ' .. tostring(reply.err))
-  end
-end
+for _, command in ipairs(cjson.decode(ARGV[1])) do best_effort(command, 'trustcard metrics: ') end
 return 1
 """
 # ARGV: the increments as a JSON list of commands; a marker key ('' for none) and its

@@ -43,7 +43,7 @@ from rq.utils import get_version
 
 from trustcard.command_recording import CommandRecorder
 from trustcard.connections import as_refused_write
-from trustcard.task_events import PUBLISH_IF_WATCHED_LUA
+from trustcard.task_events import BEST_EFFORT_LUA
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -59,7 +59,7 @@ SUSPENDED = "suspended"
 HAS_DEPENDENTS = "has dependents"
 """What `Bookkeeper.run` answers, having written nothing, when the ended job has dependents."""
 
-_SCRIPT = PUBLISH_IF_WATCHED_LUA + """
+_SCRIPT = BEST_EFFORT_LUA + """
 local nq = tonumber(ARGV[1])
 local done = false
 local ran = {started = true, finished = true, failed = true, stopped = true}
@@ -98,14 +98,7 @@ if ARGV[8 + nq] and not done then
     end
   end
   if ARGV[9 + nq] then
-    for _, command in ipairs(cjson.decode(ARGV[9 + nq])) do
-      local reply
-      if command[1] == 'TRUSTCARD.PUBLISH' then reply = publish_if_watched(command) else reply = redis.pcall(unpack(command)) end
-      if type(reply) == 'table' and reply.err then
-        local name = tostring(command[1]) .. ' ' .. tostring(command[2])
-        redis.log(redis.LOG_WARNING, 'trustcard: best-effort ' .. name .. ': ' .. tostring(reply.err))
-      end
-    end
+    for _, command in ipairs(cjson.decode(ARGV[9 + nq])) do best_effort(command, 'trustcard: best-effort ') end
   end
 end
 if nq == 0 then return {done} end
