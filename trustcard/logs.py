@@ -97,6 +97,18 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     handler._trustcard = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    _skip_unused_record_fields()
+
+
+def _skip_unused_record_fields() -> None:
+    """Neither format shows where a line was logged from, nor the thread or process: logging
+    is told not to look them up (the logging HOWTO's "Optimization"). Finding the caller walks
+    the stack on every line; with the rest, it was about a tenth of the time of a worker's two
+    lines per job."""
+    logging._srcfile = None  # type: ignore[attr-defined]  # the documented switch; no public one
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def redacted_url(url: str) -> str:

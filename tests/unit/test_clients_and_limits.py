@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -275,6 +276,25 @@ def test_log_format_json_setting_writes_one_object_per_line() -> None:
     assert entry["message"] == "task t-1 received" and entry["level"] == "INFO" and entry["logger"] == "trustcard.task_service"
     assert (entry["task_id"], entry["request_id"], entry["client"]) == ("t-1", "r" * 20, "mobile")
     assert entry["time"].endswith("+00:00")
+
+
+def test_log_lines_skip_the_caller_thread_and_process_lookups_and_still_carry_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Neither format prints where a line came from, nor its thread or process: configuring the
+    logs turns those lookups off (the stack walk was a tenth of a worker's two lines per job)."""
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))  # put back after the test
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    stream = io.StringIO()
+    logs.configure_logging(load_settings({}), stream=stream)
+    with logs.bound(task_id="t-1", request_id=None, client="mobile"):
+        logging.getLogger("rq.worker").info("task %s succeeded", "t-1")
+    assert (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing) == (
+        None, False, False, False)
+    assert stream.getvalue().endswith(" INFO rq.worker: [task_id=t-1 client=mobile] task t-1 succeeded\n")
 
 
 def test_the_default_log_format_is_readable_text() -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -55,13 +56,20 @@ def plain_success(job: Job, return_value: Any, result_ttl: int) -> bool:
     results (bytes) cannot travel in the batch's JSON; those end through RQ's own code."""
     return (
         result_ttl != 0
-        and resolve_serializer(job.serializer) is JSONSerializer  # text: the lean result goes in the hash as it is
+        and _is_json(job.serializer)  # text: the lean result goes in the hash as it is
         and not isinstance(return_value, Retry)
         and not rq_seams.has_success_callback(job)
         and not job.webhooks
         and job.repeats_left is None
         and not job.has_rate_limit
     )
+
+
+@lru_cache(maxsize=8)
+def _is_json(serializer: Any) -> bool:
+    """`resolve_serializer(serializer) is JSONSerializer`, once per serializer: RQ's check of
+    its serializer protocol is a runtime-checkable isinstance, about 20 us, on every job."""
+    return resolve_serializer(serializer) is JSONSerializer
 
 
 def success_batch(
