@@ -13,6 +13,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -54,13 +55,33 @@ class ContextFilter(logging.Filter):
     """Puts the context fields on every record (and a ready `log_context` text for TEXT_FORMAT)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        values = current()
-        for name, value in values.items():
+        shown = []
+        for name, variable in _context.items():
+            value = variable.get()
             if not hasattr(record, name):
                 setattr(record, name, value)
-        shown = " ".join(f"{name}={value}" for name, value in values.items() if value)
-        record.log_context = f"[{shown}] " if shown else ""
+            if value:
+                shown.append(f"{name}={value}")
+        record.log_context = f"[{' '.join(shown)}] " if shown else ""
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, its time formatted once a second rather than on every line (a worker
+    writes two lines a job), the same text as `logging.Formatter`'s."""
+
+    _second: int = -1
+    _stamp: str = ""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return self.default_msec_format % (self._stamp, record.msecs)
 
 
 class JSONFormatter(logging.Formatter):
@@ -81,7 +102,7 @@ class JSONFormatter(logging.Formatter):
 
 
 def formatter_for(log_format: str) -> logging.Formatter:
-    return JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return JSONFormatter() if log_format == "json" else TextFormatter()
 
 
 def configure_logging(settings: Settings, stream: Any = None) -> None:

@@ -297,6 +297,19 @@ def test_log_lines_skip_the_caller_thread_and_process_lookups_and_still_carry_ev
     assert stream.getvalue().endswith(" INFO rq.worker: [task_id=t-1 client=mobile] task t-1 succeeded\n")
 
 
+def test_text_lines_read_as_the_standard_formatter_writes_them_across_seconds() -> None:
+    """The text formatter formats the time once a second: each line still reads exactly as
+    `logging.Formatter(TEXT_FORMAT)` writes it, the milliseconds and a new second included."""
+    ours, standard = logs.formatter_for("text"), logging.Formatter(logs.TEXT_FORMAT)
+    for created in (1796300000.004, 1796300000.999, 1796300001.0, 1796300001.5, 1796300000.25):
+        record = logging.LogRecord("rq.worker", logging.INFO, __file__, 1, "task %s received", ("t-1",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        with logs.bound(task_id="t-1", request_id=None, client=None):
+            logs.ContextFilter().filter(record)
+        assert ours.format(record) == standard.format(record)
+        assert record.log_context == "[task_id=t-1] "
+
+
 def test_the_default_log_format_is_readable_text() -> None:
     assert load_settings({}).log_format == "text"
     assert not isinstance(logs.formatter_for("text"), logs.JSONFormatter)
