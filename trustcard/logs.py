@@ -47,10 +47,6 @@ def bound(**values: str | None) -> Iterator[None]:
             variable.reset(token)
 
 
-def current() -> dict[str, str | None]:
-    return {name: variable.get() for name, variable in _context.items()}
-
-
 class ContextFilter(logging.Filter):
     """Puts the context fields on every record (and a ready `log_context` text for TEXT_FORMAT)."""
 

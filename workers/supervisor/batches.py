@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
