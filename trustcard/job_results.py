@@ -113,8 +113,7 @@ def fetch_latest(cls: type[Result], job: Job, serializer: Any = None, timeout: i
         pubsub.subscribe(task_events.channel(job.id))
         deadline = time.monotonic() + timeout
         while True:
-            # Watched until the next read: a slice, and a margin for the reply's way.
-            found = read_latest(job, serializer, watch_seconds=WAIT_SLICE_SECONDS + 5)
+            found = read_latest(job, serializer, watch_seconds=task_events.watch_for(WAIT_SLICE_SECONDS))
             remaining = deadline - time.monotonic()
             if found is not None or remaining <= 0:
                 return found

@@ -95,6 +95,15 @@ def watch_key(task_id: str) -> str:
     return WATCH_PREFIX + task_id
 
 
+WATCH_MARGIN_SECONDS = 5.0
+"""A reader's watch outlives the time until its next read by this much (the reply's way)."""
+
+
+def watch_for(seconds: float) -> float:
+    """How long a watch set now must last for a reader that reads again within `seconds`."""
+    return seconds + WATCH_MARGIN_SECONDS
+
+
 def watch_command(task_id: str, seconds: float) -> tuple[Any, ...]:
     """The command that makes `task_id`'s events published for the next `seconds` (a reader
     renews it with each read); it goes before the reader's read, in the same round trip."""

@@ -29,7 +29,6 @@ from trustcard.api.task_stream import (
     wait_for_end,
     wait_on,
     wait_seconds,
-    watch_for,
 )
 from trustcard.callback_urls import CALLBACK_HEADER, MAX_URL_LENGTH
 from trustcard.catalogue import JobType, find_by_route
@@ -47,6 +46,7 @@ from trustcard.exceptions import (
     UnknownJobType,
     ValidationFailed,
 )
+from trustcard.task_events import watch_for
 from trustcard.task_service import TASK_ID_PATTERN, TaskService
 
 bp = Blueprint("tasks", __name__, url_prefix="/tasks")

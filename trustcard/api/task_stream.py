@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from trustcard.api.operations import Parameter
 from trustcard.exceptions import QueueUnavailable, ValidationFailed
 from trustcard.status import TaskStatus
+from trustcard.task_events import watch_for
 
 if TYPE_CHECKING:
     from trustcard.api.event_hub import EventHub, Waiter
@@ -62,16 +63,6 @@ RECHECK_SECONDS = 60.0
 an end announced before it was recorded (RQ's clean-up of a task whose worker died counts,
 and so announces, just before it fails the task). Not at every heartbeat: a thousand
 streams opened together would read together every 15 s."""
-
-
-WATCH_MARGIN_SECONDS = 5.0
-"""A reader's watch (`trustcard.task_events.watch_command`) outlives the time until its next
-read by this much."""
-
-
-def watch_for(seconds: float) -> float:
-    """How long a watch set now must last for a reader that reads again within `seconds`."""
-    return seconds + WATCH_MARGIN_SECONDS
 
 
 def has_ended(view: TaskView) -> bool:
