@@ -36,6 +36,7 @@ import select
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.suspension import WORKERS_SUSPENDED
@@ -186,16 +187,33 @@ class CommandBatch(CommandRecorder):
         back into its compact listpack (about a third of the size), whatever is removed."""
         self.commands.append((REWRITE, key, changes))
 
-    def as_json(self) -> str:
+    def as_json(self) -> bytes:
         """The commands as JSON. Numbers stay numbers (Redis writes them back as text with
         17 significant digits); RQ's bookkeeping has no binary values and no booleans."""
-        return json.dumps(self.commands, default=_bytes_as_text)
+        return as_json(self.commands)
 
-    def script_args(self) -> list[str]:
+    def script_args(self) -> list[bytes]:
         """The script's trailing arguments: the batch, then its best-effort commands if any."""
         if not self.best_effort:
             return [self.as_json()]
-        return [self.as_json(), json.dumps(self.best_effort, default=_bytes_as_text)]
+        return [self.as_json(), as_json(self.best_effort)]
+
+
+def as_json(commands: list[tuple[Any, ...]]) -> bytes:
+    """`commands` as JSON (UTF-8) for the script's `cjson.decode`. orjson writes a job's
+    batches in a fifteenth of the time `json.dumps` takes with a `default` (measured: 1.7 us
+    against 26 us for a dozen commands, two or three batches a job). It refuses text that is
+    not valid UTF-8 (a lone surrogate, as in an exception's message about an undecodable
+    file name); `json.dumps` escapes that, so such a batch goes through it. Dates and
+    dataclasses go to `_bytes_as_text` as with `json.dumps`, which refuses them: RQ writes
+    its dates as text itself, and anything else is a mistake to surface, not to guess at."""
+    try:
+        return orjson.dumps(commands, default=_bytes_as_text, option=_REFUSED_BY_JSON)
+    except orjson.JSONEncodeError:
+        return json.dumps(commands, default=_bytes_as_text).encode()
+
+
+_REFUSED_BY_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def _bytes_as_text(value: Any) -> str:

@@ -173,7 +173,7 @@ class JobProcess:
                 host.set_state(WorkerStatus.IDLE)
             if found is None and not self.burst:
                 found = self._wait_for_job()
-                if found is None and self.slot.read().stop_requested:
+                if found is None and self.slot.stop_requested():
                     continue
             if found is None:
                 if self.burst:
@@ -208,7 +208,7 @@ class JobProcess:
     def _reason_to_leave(self) -> ExitCode | None:
         if os.getppid() != self.parent_pid:
             return ExitCode.STOPPED
-        if self.slot.read().stop_requested:
+        if self.slot.stop_requested():
             return ExitCode.STOPPED
         if self.jobs_done >= self.max_jobs:
             log.info("job process %d: recycled after %d jobs", os.getpid(), self.jobs_done)
@@ -229,7 +229,7 @@ class JobProcess:
             client = self.book.prepare_wait()
             if self.slot.read().waiting_client != client:
                 self.slot.set_waiting_client(client)
-            if self.slot.read().stop_requested:
+            if self.slot.stop_requested():
                 return None
             found = self.book.wait(self.host.ordered_queues(), IDLE_WAIT_SECONDS)
         except REDIS_UNAVAILABLE as error:

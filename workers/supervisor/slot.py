@@ -32,7 +32,7 @@ _LAYOUT = struct.Struct(f"<QQBB6xddddQ{ID_BYTES}s{ID_BYTES}s{ID_BYTES}s{ID_BYTES
 _USED_OFFSET = _LAYOUT.size
 """After the fields `_write` rewrites: a bit per catalogue job module a job process imported."""
 _USED = struct.Struct("<Q")
-_STOP_OFFSET = 17
+_STOP_OFFSET = struct.calcsize("<QQB")
 _WAITING_CLIENT_OFFSET = struct.calcsize("<QQBB6xdddd")
 
 
@@ -82,6 +82,10 @@ class JobSlot:
         self._write(seq=0, done=0, running=False, stop_requested=False)
 
     # --- both sides ---------------------------------------------------------------
+
+    def stop_requested(self) -> bool:
+        """`read().stop_requested`, without unpacking the rest: asked between every two jobs."""
+        return self._memory[_STOP_OFFSET] != 0
 
     def read(self) -> SlotView:
         """The slot's fields; read under the lock when a decision depends on them."""

@@ -43,7 +43,6 @@ from trustcard.failures import KillReason
 from workers.supervisor import process
 from workers.supervisor.abandoned import CHECK_SECONDS as ABANDONED_CHECK_SECONDS
 from workers.supervisor.abandoned import settle_abandoned
-from workers.supervisor.stranded import StrandedAnalyses
 from workers.supervisor.commands import CommandsMixin
 from workers.supervisor.deaths import PoisonPillGuard, record_death
 from workers.supervisor.job_process import JobProcess
@@ -51,6 +50,8 @@ from workers.supervisor.process import ExitCode, RunningJobProcess
 from workers.supervisor.recording import REDIS_UNAVAILABLE
 from workers.supervisor.scheduler import InProcessScheduler, start_scheduler
 from workers.supervisor.slot import JobSlot, SlotView
+from workers.supervisor.soft_limit import SoftTimeLimit
+from workers.supervisor.stranded import StrandedAnalyses
 
 if TYPE_CHECKING:
     from resource import struct_rusage
@@ -70,6 +71,8 @@ LONG_JOB_SECONDS = 2.0
 class JobProcessSupervisor(CommandsMixin):
     """One supervisor process and one long-lived job process; see the module docstring."""
 
+    death_penalty_class = SoftTimeLimit
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_jobs_per_child = self.settings.worker_max_jobs_per_child
@@ -86,7 +89,6 @@ class JobProcessSupervisor(CommandsMixin):
         self._stranded = StrandedAnalyses()
         self._next_stranded_check = time.monotonic() + ABANDONED_CHECK_SECONDS
         """Where the check of analyses whose next stage was never queued goes on (`stranded`)."""
-        """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
         self._handed_back_seq: int | None = None
