@@ -19,7 +19,11 @@ turn (the order rotates so machine drift hits all of them):
 - Redis bytes per finished task: K `add` tasks submitted through HTTP and finished, the
   growth of `MEMORY USAGE` over every key of the system's databases, per task;
 - peak memory: the sum of VmHWM (peak RSS) over the worker processes and their children,
-  and the highest sum of their PSS (shared pages split between the processes), sampled.
+  and the highest sum of their PSS (shared pages split between the processes), sampled;
+- CPU per round trip: for each round-trip path, the CPU time the client, the web, the
+  workers and redis-server spent per round trip. On two cores no round trip can take less
+  than about half of their sum, so this says where a path's time goes, and what a faster
+  path must stop spending.
 
 With `--gthread`, a second web process runs the Procfile's web line on gunicorn's gthread
 worker (`trustcard.gunicorn_worker.JSONErrorWorker`) instead of gevent, and our HTTP figures
@@ -179,14 +183,19 @@ def _proc_kb(pid: int, file: str, field: str) -> int:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by these processes and their live descendants."""
+    """User + system CPU time used so far by these processes and their live descendants,
+    and by the children the processes of `pids` have reaped: a job process recycled after
+    WORKER_MAX_JOBS_PER_CHILD jobs is gone from the tree, but not from its supervisor's count."""
     total = 0.0
+    roots = set(pids)
     for process in process_trees(pids):
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
         total += times.user + times.system
+        if process.pid in roots:
+            total += times.children_user + times.children_system
     return total
 
 
@@ -241,6 +250,10 @@ class Bench:
         self.enqueue_cpu: dict[str, list[tuple[float, float, float]]] = {}
         """CPU seconds per submission, by path: (client, web processes, redis-server), summed
         over the rounds. CPU time, not wall time: what a request costs whatever the load."""
+        self.trip_cpu: dict[str, list[tuple[float, float, float, float]]] = {}
+        """CPU seconds per submit-then-result round trip, by row of the round-trip tables:
+        (client thread, web processes, worker processes, redis-server), one entry a round.
+        On two cores, a round trip cannot take less than about half its CPU, whoever does it."""
 
     # setup
 
@@ -425,15 +438,23 @@ class Bench:
         self.flush()
         workers = self._start_workers(name)
         try:
-            with PeakMemory([worker.process.pid for worker in workers]) as memory:
+            worker_pids = [worker.process.pid for worker in workers]
+            web_pids = [self.web_pids[self.celery_web_port if name == "celery" else self.web_port]]
+
+            def costed(row: str, run: Callable[[], list[float]], web: bool = True) -> list[float]:
+                return self._costed(row, run, web_pids if web else [], worker_pids)
+
+            with PeakMemory(worker_pids) as memory:
                 self._warm_up(name)
                 result.drain.append(self._drain(name))
-                result.lib_latency.extend(self._latency_library(name))
-                result.http_latency.extend(self._latency_http(name))
+                result.lib_latency.extend(costed(_library_row(name), lambda: self._latency_library(name), web=False))
+                result.http_latency.extend(costed(_polling_row(name), lambda: self._latency_http(name)))
                 if name in PUSHING_SYSTEMS:
-                    result.wait_latency.extend(self._latency_pushed(name, self._await_by_wait))
-                    result.stream_latency.extend(self._latency_pushed(name, self._await_by_stream))
-                    result.prefer_latency.extend(self._latency_one_trip(name))
+                    result.wait_latency.extend(costed(
+                        _wait_row(name), lambda: self._latency_pushed(name, self._await_by_wait)))
+                    result.stream_latency.extend(costed(
+                        _stream_row(name), lambda: self._latency_pushed(name, self._await_by_stream)))
+                    result.prefer_latency.extend(costed(_prefer_row(name), lambda: self._latency_one_trip(name)))
                     if self.gthread_port is not None:
                         port = self.gthread_port
                         result.gthread_http_latency.extend(self._latency_http(name, port))
@@ -459,6 +480,20 @@ class Bench:
             return [start("celery-worker", command, env, self.logs, cwd=SCRIPTS)]
         command = worker_command(name)
         return [start(f"{name}-{index}", command, env, self.logs) for index in range(2)]
+
+    def _costed(self, row: str, run: Callable[[], list[float]], web_pids: list[int],
+                worker_pids: list[int]) -> list[float]:
+        """`run()`'s round trips, and the CPU they took per round trip, by process kind, in
+        `trip_cpu[row]`. The client's is this thread's own (the memory sampler's thread is not
+        the client's)."""
+        redis = [self.redis_server.process.pid] if self.redis_server.process else []
+        groups = (web_pids, worker_pids, redis)
+        before = (time.thread_time(), *(cpu_seconds(pids) for pids in groups))
+        times = run()
+        after = (time.thread_time(), *(cpu_seconds(pids) for pids in groups))
+        client, web, workers, redis_cpu = ((end - start) / len(times) for start, end in zip(before, after))
+        self.trip_cpu.setdefault(row, []).append((client, web, workers, redis_cpu))
+        return times
 
     def _warm_up(self, name: str) -> None:
         """Both worker processes up and past their first jobs before anything is timed."""
@@ -676,6 +711,7 @@ class Bench:
             lines.append(f"| {_LABELS[name]} | {stored:,.0f} | "
                          f"{_ratio(stored, reference and statistics.median(reference.bytes_per_task))} |")
         lines += self._pushed_report()
+        lines += _trip_cpu_rows(self.trip_cpu)
         lines += ["", "| enqueue path | jobs/s | vs Celery, same path |", "| --- | --- | --- |"]
         for label, rates in self.enqueue.items():
             peer_label = "Celery, HTTP (bench app, same gunicorn)" if label == BATCHED_LABEL else (
@@ -719,10 +755,9 @@ def _pushed_rows(results: dict[str, Results], reference: Results | None) -> list
 
     for name, result in results.items():
         if result.wait_latency:
-            rows.append(row(f"{_LABELS[name]}: HTTP `?wait=25`", result.wait_latency))
-            rows.append(row(f"{_LABELS[name]}: HTTP event stream", result.stream_latency))
-            rows.append(row(f"{_LABELS[name]}: HTTP submit with `Prefer: wait=25` (one round trip)",
-                            result.prefer_latency))
+            rows.append(row(_wait_row(name), result.wait_latency))
+            rows.append(row(_stream_row(name), result.stream_latency))
+            rows.append(row(_prefer_row(name), result.prefer_latency))
         if result.gthread_wait_latency:
             rows.append(row(f"{_LABELS[name]}: HTTP polling every {POLL_SECONDS * 1000:g} ms (gevent web)",
                             result.http_latency))
@@ -732,9 +767,46 @@ def _pushed_rows(results: dict[str, Results], reference: Results | None) -> list
             rows.append(row(f"{_LABELS[name]}: HTTP submit with `Prefer: wait=25`, web on gthread",
                             result.gthread_prefer_latency))
     if reference is not None:
-        rows.append(row("Celery: `AsyncResult.get()` (library)", celery_get))
-        rows.append(row(f"Celery: HTTP polling every {POLL_SECONDS * 1000:g} ms", celery_poll))
+        rows.append(row(_library_row(REFERENCE), celery_get))
+        rows.append(row(_polling_row(REFERENCE), celery_poll))
     return rows
+
+
+def _trip_cpu_rows(trip_cpu: dict[str, list[tuple[float, float, float, float]]]) -> list[str]:
+    """What a round trip costs in CPU, by process kind, for each row measured: the figure
+    that bounds a round trip's time when everything shares two cores."""
+    rows = ["", "| submit, then result | CPU per round trip, us: client / web / workers / redis-server / all |",
+            "| --- | --- |"]
+    for label, samples in trip_cpu.items():
+        client, web, workers, redis = (statistics.median(values) * 1e6 for values in zip(*samples))
+        web_text = f"{web:,.0f}" if web else "-"
+        rows.append(f"| {label} | {client:,.0f} / {web_text} / {workers:,.0f} / {redis:,.0f} / "
+                    f"{client + web + workers + redis:,.0f} |")
+    return rows
+
+
+def _library_row(name: str) -> str:
+    if name == REFERENCE:
+        return "Celery: `AsyncResult.get()` (library)"
+    return f"{_LABELS[name]}: library (`Job.latest_result`)"
+
+
+def _polling_row(name: str) -> str:
+    if name == REFERENCE:
+        return f"Celery: HTTP polling every {POLL_SECONDS * 1000:g} ms"
+    return f"{_LABELS[name]}: HTTP polling every {POLL_SECONDS * 1000:g} ms"
+
+
+def _wait_row(name: str) -> str:
+    return f"{_LABELS[name]}: HTTP `?wait=25`"
+
+
+def _stream_row(name: str) -> str:
+    return f"{_LABELS[name]}: HTTP event stream"
+
+
+def _prefer_row(name: str) -> str:
+    return f"{_LABELS[name]}: HTTP submit with `Prefer: wait=25` (one round trip)"
 
 
 _LABELS = {
