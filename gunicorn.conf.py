@@ -14,7 +14,11 @@ not use it.
 
 from trustcard.config import read_variables_or_exit
 
-_web = read_variables_or_exit("trustcard", ("PORT", "WEB_CONCURRENCY", "WEB_CONNECTIONS", "WEB_THREADS", "LOG_FORMAT"))
+_web = read_variables_or_exit(
+    "trustcard", ("PORT", "WEB_CONCURRENCY", "WEB_CONNECTIONS", "WEB_THREADS", "WEB_KEEPALIVE_REQUESTS", "LOG_FORMAT")
+)
+# WEB_KEEPALIVE_REQUESTS is read here only to stop a bad value before the web binds; the
+# worker class applies it (trustcard.gunicorn_worker.KeepAliveCap).
 bind = f"0.0.0.0:{_web['PORT']}"
 workers = _web["WEB_CONCURRENCY"]
 worker_class = "trustcard.gunicorn_worker.JSONErrorGeventWorker"

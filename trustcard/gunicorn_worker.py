@@ -35,6 +35,8 @@ from gunicorn.util import write_nonblock
 from gunicorn.workers.ggevent import GeventWorker
 from gunicorn.workers.gthread import ThreadWorker
 
+from trustcard import gunicorn_response
+from trustcard.config import read_variables_or_exit
 from trustcard.gevent_redis import install_quick_looks
 
 log = logging.getLogger(__name__)
@@ -85,13 +87,24 @@ class JSONRefusals:
             log.debug("could not send the refusal: %s", failure)
 
 
-class JSONErrorWorker(JSONRefusals, ThreadWorker):
-    """gthread, with JSON refusals."""
+class KeepAliveCap:
+    """Mixed into a gunicorn worker class: a keep-alive connection is closed after
+    `WEB_KEEPALIVE_REQUESTS` requests, so that long-lived client connections are dealt out
+    across the web processes again (`trustcard.gunicorn_response`)."""
+
+    def init_process(self) -> None:
+        cap = read_variables_or_exit("trustcard", ("WEB_KEEPALIVE_REQUESTS",))["WEB_KEEPALIVE_REQUESTS"]
+        gunicorn_response.install(cap)
+        super().init_process()  # type: ignore[misc]  # runs the worker: it returns when the worker stops
 
 
-class JSONErrorGeventWorker(JSONRefusals, GeventWorker):
-    """gevent (the Procfile's web worker), with JSON refusals, and redis-py's look for unread
-    data done without gevent's cost (`trustcard.gevent_redis`)."""
+class JSONErrorWorker(KeepAliveCap, JSONRefusals, ThreadWorker):
+    """gthread, with JSON refusals and the keep-alive cap."""
+
+
+class JSONErrorGeventWorker(KeepAliveCap, JSONRefusals, GeventWorker):
+    """gevent (the Procfile's web worker), with JSON refusals, the keep-alive cap, and
+    redis-py's look for unread data done without gevent's cost (`trustcard.gevent_redis`)."""
 
     def patch(self) -> None:
         super().patch()

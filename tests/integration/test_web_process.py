@@ -102,6 +102,31 @@ def test_sigterm_drains_the_request_in_flight_then_stops(
         os.kill(worker.process.pid, signal.SIGCONT)
 
 
+def test_at_the_default_cap_a_keep_alive_connection_closes_after_its_100th_answer(
+    make_stack: Callable[..., Stack], start_web: Callable[..., WebProcess]
+) -> None:
+    """WEB_KEEPALIVE_REQUESTS at its default: requests 1-99 on one connection are answered
+    with the connection kept open, the 100th is answered in full with `Connection: close`,
+    and then gunicorn closes the connection; a new one is served as usual."""
+    web = start_web(make_stack().env)
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        answers = []
+        for _ in range(100):
+            sock.sendall(b"GET /tasks/nothing-here HTTP/1.1\r\nHost: t\r\n\r\n")
+            status = int(reader.readline().split()[1])
+            headers = {}
+            while (line := reader.readline()) != b"\r\n":
+                name, _, value = line.decode("latin-1").rstrip("\r\n").partition(": ")
+                headers[name.lower()] = value
+            body = json.loads(reader.read(int(headers["content-length"])))
+            answers.append((status, headers["connection"], body["error"]))
+        assert answers[:99] == [(404, "keep-alive", "task_not_found")] * 99
+        assert answers[99] == (404, "close", "task_not_found")
+        assert reader.read() == b""  # closed by the server after the 100th answer
+    assert request(web, "GET", "/tasks/nothing-here")[0] == 404
+
+
 def raw_exchange(web: WebProcess, data: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes as they are (http.client would refuse to build most of these) and read
     the answer until gunicorn closes the connection."""

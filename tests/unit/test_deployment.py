@@ -38,6 +38,7 @@ OTHER_VARIABLES = {
     "WEB_CONCURRENCY": "gunicorn.conf.py",
     "WEB_THREADS": "gunicorn.conf.py",
     "WEB_CONNECTIONS": "gunicorn.conf.py",
+    "WEB_KEEPALIVE_REQUESTS": "gunicorn.conf.py validates it; the worker class (trustcard.gunicorn_worker) applies it",
     "WORKERS": "scripts/run",
     "EMBEDDED_REDIS_PORT": "scripts/run",
     "TRUSTCARD_URL": "the trustcard command line",

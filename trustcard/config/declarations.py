@@ -235,6 +235,14 @@ PROCESS_VARIABLES: tuple[Variable, ...] = (
         WEB_SERVER,
     ),
     Variable(
+        "WEB_KEEPALIVE_REQUESTS",
+        Number(100, 0, 1_000_000),
+        "requests one keep-alive connection serves before the web closes it (`Connection: close` on the last "
+        "answer), so that clients holding a few connections open are dealt out across the web processes again as "
+        "they reconnect, like nginx's `keepalive_requests`; `0`: no cap",
+        WEB_SERVER,
+    ),
+    Variable(
         "WEB_THREADS",
         Number(4, 1, 1_024),
         "threads per gunicorn process, for gunicorn's gthread worker only: the Procfile's web runs the gevent worker",
