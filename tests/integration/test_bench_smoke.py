@@ -49,6 +49,11 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
         assert float(line.split(" | ")[1].replace(",", "")) > 0, line
     assert "| RQ, HTTP API (Procfile web), 8 client threads |" in table
     assert "HTTP submissions from 8 client threads: " in table
+    assert "\nTargets: drain " in table and "`?wait` p50 " in table  # each target said met or not
+    trips = table.split("| CPU per round trip, us: client / web / workers / redis-server / all |", 1)[1]
+    for path in (f"{OURS}: HTTP `?wait=25`", "Celery: `AsyncResult.get()` (library)"):
+        line = next(line for line in trips.splitlines() if line.startswith(f"| {path} |"))
+        assert float(line.rsplit(" / ", 1)[1].strip(" |").replace(",", "")) > 0, line  # its CPU was measured
     assert "| Celery, library |" in table
     for pushed in (f"{OURS}: HTTP `?wait=25`",
                    f"{OURS}: HTTP event stream",
