@@ -3,10 +3,10 @@
 Gunicorn hands a new connection to whichever worker process takes it first, and a
 keep-alive connection stays with that process for as long as the client keeps it. A
 client with a few long-lived connections (a partner's bot with a pool of eight, a proxy's
-upstream pool) gets them dealt out at random: with two web processes, eight connections
-split 4-4 only about a quarter of the time, 6-2 or worse about a third of the time
-(seen here: 1-7, 2-6 and 3-5 in eight tries). Each process is one event loop on one core,
-so the busier one caps the rate while the other core waits.
+upstream pool) gets them dealt out at random: were each to go to either of two web
+processes by a coin toss, eight would split 4-4 27% of the time and 6-2 or worse 29% (seen
+here: 1-7, 2-6, 2-6, 4-4, 2-6, 3-5, 3-5, 3-5 in eight tries). Each process is one event loop
+on one core, so the busier one caps the rate while the other core waits.
 
 So, like nginx's `keepalive_requests`, a connection's Nth answer (`WEB_KEEPALIVE_REQUESTS`,
 default 100) says `Connection: close` and the connection ends after it. The client opens
