@@ -1,14 +1,16 @@
-"""`trustcard.rq_speedups`: RQ's serializer lookup, cheaper, with RQ's behaviour kept."""
+"""`trustcard.rq_speedups`: RQ's serializer lookup and timestamp helpers, cheaper, with RQ's
+behaviour kept."""
 
 from __future__ import annotations
 
+import calendar
 import importlib
 import pickle
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from rq.serializers import JSONSerializer
-from rq.utils import str_to_date, utcformat
+from rq.utils import now, str_to_date, utcformat
 
 from trustcard import rq_speedups
 
@@ -19,6 +21,10 @@ def test_every_rq_module_using_them_gets_the_fast_ones() -> None:
         assert importlib.import_module(name).resolve_serializer is rq_speedups.resolve_serializer, name
     for name in rq_speedups.MODULES_USING_UTCPARSE:
         assert importlib.import_module(name).utcparse is rq_speedups.utcparse, name
+    for name in rq_speedups.MODULES_USING_UTCFORMAT:
+        assert importlib.import_module(name).utcformat is rq_speedups.utcformat, name
+    for name in rq_speedups.MODULES_USING_CURRENT_TIMESTAMP:
+        assert importlib.import_module(name).current_timestamp is rq_speedups.current_timestamp, name
 
 
 def test_install_twice_changes_nothing() -> None:
@@ -68,3 +74,26 @@ def test_rqs_own_round_trip_goes_through_the_fast_path() -> None:
     rq_speedups.install()
     moment = datetime(2026, 11, 29, 5, 10, 20, 2364, tzinfo=timezone.utc)
     assert str_to_date(utcformat(moment).encode()) == moment
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 29, 5, 10, 20, 2364, tzinfo=timezone.utc),
+        datetime(2026, 1, 2, 3, 4, 5, 0, tzinfo=timezone.utc),  # every field one digit, no microseconds
+        datetime(1999, 12, 31, 23, 59, 59, 999999),  # naive, as older RQ stored them
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc),
+        datetime(2026, 6, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),  # written as given, not converted
+        datetime(999, 1, 1, 0, 0, 0, 5),  # below 1000: RQ's own strftime
+        datetime(1, 1, 1),
+    ],
+)
+def test_timestamps_are_written_exactly_as_rq_writes_them(moment: datetime) -> None:
+    assert rq_speedups.utcformat(moment) == rq_speedups.RQ_UTCFORMAT(moment)
+
+
+def test_the_current_timestamp_is_rqs_whole_utc_seconds() -> None:
+    before = calendar.timegm(now().utctimetuple())
+    ours = rq_speedups.current_timestamp()
+    after = rq_speedups.RQ_CURRENT_TIMESTAMP()
+    assert before <= ours <= after and isinstance(ours, int)

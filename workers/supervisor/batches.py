@@ -14,11 +14,11 @@ from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.executions import Execution
 from rq.job import Job, JobStatus, Retry
 from rq.serializers import JSONSerializer, resolve_serializer
-from rq.utils import utcformat
 from rq.worker import WorkerStatus
 
 from trustcard import job_results, rq_seams
 from trustcard.metrics.outcomes import TaskOutcome
+from trustcard.rq_speedups import utcformat
 from trustcard.task_ends import job_end_commands
 from workers.supervisor.bookkeeping import CommandBatch
 
