@@ -269,6 +269,25 @@ def test_the_session_signer_is_built_once_per_app(app: Flask, monkeypatch: pytes
     assert built == [app]
 
 
+def test_a_request_without_cookies_opens_the_session_the_stock_interface_opens(app: Flask) -> None:
+    """Without a Cookie header no cookie is parsed (trustcard.api.sessions), and the session is what
+    Flask's own interface gives: a new, empty one; with the cookie, the stored session is read."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    ours, stock = app.session_interface, SecureCookieSessionInterface()
+    with app.test_request_context("/tasks/no-such-task"):
+        from flask import request
+
+        opened, expected = ours.open_session(app, request), stock.open_session(app, request)
+        assert type(opened) is type(expected) and dict(opened) == dict(expected) == {}  # type: ignore[arg-type]
+        assert not opened.modified and not opened.accessed  # type: ignore[union-attr]
+    cookie = stock.get_signing_serializer(app).dumps({"user": "ops"})  # type: ignore[union-attr]
+    with app.test_request_context("/tasks/no-such-task", headers={"Cookie": f"{app.config['SESSION_COOKIE_NAME']}={cookie}"}):
+        from flask import request
+
+        assert dict(ours.open_session(app, request)) == {"user": "ops"}  # type: ignore[arg-type]
+
+
 def test_the_task_answer_has_every_field_in_order(client: FlaskClient) -> None:
     task_id = submit(client, "/tasks/test/add?x=1&y=2")["task_id"]
     assert list(client.get(f"/tasks/{task_id}").get_json()) == [
