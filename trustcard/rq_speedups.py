@@ -38,7 +38,9 @@ MODULES_USING_RESOLVE_SERIALIZER = (
     "rq.serializers", "rq.job", "rq.queue", "rq.registry", "rq.results", "rq.worker.base", "rq.scheduler",
 )
 MODULES_USING_UTCPARSE = ("rq.utils", "rq.scheduler")  # rq.utils.str_to_date looks it up in rq.utils
-MODULES_USING_UTCFORMAT = ("rq.utils", "rq.job", "rq.worker.base", "rq.scheduler", "rq.rate_limit", "rq.cron")
+MODULES_USING_UTCFORMAT = ("rq.utils", "rq.job", "rq.worker.base", "rq.scheduler", "rq.rate_limit")
+# Not rq.cron: no process of ours uses it, and importing it would load croniter and dateutil into
+# every one. A module imported after `install()` takes the fast functions from rq.utils anyway.
 MODULES_USING_CURRENT_TIMESTAMP = ("rq.utils", "rq.executions", "rq.registry", "rq.scheduler", "rq.rate_limit")
 
 

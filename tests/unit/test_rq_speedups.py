@@ -6,12 +6,15 @@ from __future__ import annotations
 import calendar
 import importlib
 import pickle
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from rq.serializers import JSONSerializer
 from rq.utils import now, str_to_date, utcformat
 
+from tests.support.paths import ROOT
 from trustcard import rq_speedups
 
 
@@ -25,6 +28,13 @@ def test_every_rq_module_using_them_gets_the_fast_ones() -> None:
         assert importlib.import_module(name).utcformat is rq_speedups.utcformat, name
     for name in rq_speedups.MODULES_USING_CURRENT_TIMESTAMP:
         assert importlib.import_module(name).current_timestamp is rq_speedups.current_timestamp, name
+
+
+def test_install_loads_no_rq_module_our_processes_do_not_use() -> None:
+    """rq.cron would bring croniter and dateutil into every web and worker process."""
+    code = "import sys; from trustcard import rq_speedups; rq_speedups.install(); print('rq.cron' in sys.modules)"
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert answer.stdout.strip() == "False"
 
 
 def test_install_twice_changes_nothing() -> None:
