@@ -58,3 +58,11 @@ def post_fork(server: object, worker: object) -> None:
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+
+
+def post_worker_init(worker: object) -> None:
+    """Each web process runs the check of analyses nobody reads whose next stage was never
+    queued (trustcard/api/stranded_watch.py), on the app it just loaded."""
+    from trustcard.api.stranded_watch import start_in
+
+    start_in(getattr(worker, "wsgi", None))

@@ -3,7 +3,8 @@
 Each test leaves Redis or the database as the kill would have (the moments between a take and a
 start, or between a row's insert and its enqueue, are too short to hit from outside; the unit
 tests cover the code paths one by one), or kills a real job process, then lets the Procfile's
-worker repair it with nobody reading the task or the analysis through the API.
+worker (and, for an analysis whose first stage was never queued, the Procfile's web, by its
+periodic check) repair it with nobody reading the task or the analysis through the API.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from tests import stage_probes
 from tests.integration.test_analyses import analysis_stack, post, probe_file  # noqa: F401 - fixture
-from tests.support.stack import Stack
+from tests.support.stack import Stack, WebProcess
 from tests.support.waiting import wait_until
 from trustcard.analyses import records
 from trustcard.analyses.stage_jobs import new_job_id
@@ -75,8 +76,10 @@ def test_an_analysis_stage_whose_job_process_is_killed_fails_without_a_reader(
 
 
 def test_an_analysis_the_web_never_queued_is_queued_once_without_a_reader(
-    analysis_stack: Stack,  # noqa: F811
+    analysis_stack: Stack, start_web: Callable[[dict[str, str]], WebProcess]  # noqa: F811
 ) -> None:
+    """Queued by the periodic check of the Procfile's web (gunicorn), which nobody sends a request:
+    the worker only runs the stages."""
     engine = analysis_stack.app.extensions["trustcard.engine"]
     url, shortcode = post()
     parsed = parse_post_url(url)
@@ -87,6 +90,7 @@ def test_an_analysis_the_web_never_queued_is_queued_once_without_a_reader(
     with Session(engine) as session, session.begin():  # the web's insert; it died before the enqueue
         session.add(Analysis(id=analysis_id, url=parsed.url, shortcode=parsed.shortcode, status="pending",
                              stages=entries, created_at=now, updated_at=now))
+    start_web(analysis_stack.env)
     analysis_stack.start_worker()
     row = wait_until(lambda: (row := _row(analysis_stack, analysis_id)).status == "completed" and row, 60,
                      "the analysis to be queued and run")

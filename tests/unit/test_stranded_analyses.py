@@ -1,9 +1,13 @@
 """An analysis whose next stage was never queued (its enqueuer died) is queued once: on read and
-by the workers' check. On fakeredis and SQLite."""
+by the web processes' periodic check. On fakeredis and SQLite."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -12,20 +16,24 @@ from flask.testing import FlaskClient
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+from tests.support.waiting import wait_until
 from tests.unit.test_analyses import POST, app, client, read, redis, work  # noqa: F401 - fixtures
 from trustcard.analyses import records, stranded
 from trustcard.analyses.stage_jobs import claim, new_job_id
 from trustcard.analyses.stages import stages
 from trustcard.analyses.stranded import GRACE_SECONDS, StrandedCheck
+from trustcard.api.stranded_watch import LOCK_NAME, StrandedWatch, start_in
 from trustcard.analyses.urls import parse_post_url
 from trustcard.models import Analysis
+from trustcard.settling import settling
 
 
-def _inserted_and_never_queued(engine: Any) -> str:
+def _inserted_and_never_queued(engine: Any, url: str = POST) -> str:
     """What the web writes before it enqueues the first stage, then dies."""
-    parsed = parse_post_url(POST)
+    parsed = parse_post_url(url)
     entries = records.new_stage_entries(stages())
     entries[0]["job_id"] = new_job_id()
     now = records.utcnow()
@@ -128,3 +136,85 @@ def test_the_check_goes_through_many_rows_a_batch_at_a_time(
     queued = [check.run(engine, redis, result_ttl=600, failure_ttl=600) for _ in range(3)]
     assert [len(batch) for batch in queued] == [2, 2, 1]
     assert sorted(sum(queued, [])) == sorted(ids)
+
+
+def _watch(app: Flask, redis: fakeredis.FakeRedis) -> StrandedWatch:  # noqa: F811
+    return StrandedWatch(app.extensions["trustcard.engine"], redis, app.config["TRUSTCARD_SETTINGS"])
+
+
+def _stranded(app: Flask, url: str = POST) -> str:  # noqa: F811
+    """An analysis never queued, unchanged past the grace: the check's to queue."""
+    engine = app.extensions["trustcard.engine"]
+    analysis_id = _inserted_and_never_queued(engine, url)
+    _age(engine, analysis_id, GRACE_SECONDS + 1)
+    return analysis_id
+
+
+def test_the_web_processes_check_queues_a_never_queued_analysis_once_and_one_process_at_a_time(
+    app: Flask, redis: fakeredis.FakeRedis  # noqa: F811
+) -> None:
+    analysis_id = _stranded(app)
+    watch = _watch(app, redis)
+    with settling(redis, LOCK_NAME) as ours:  # another web process is running the check
+        assert ours
+        assert watch.run_once() == []
+    assert _queued_ids(redis) == []
+    assert watch.run_once() == [analysis_id]
+    assert _watch(app, redis).run_once() == [], "a second process's check finds it queued"
+    assert len(_queued_ids(redis)) == 1
+
+
+def test_the_web_processes_check_skips_a_round_when_the_database_fails_and_says_so_once(
+    app: Flask, redis: fakeredis.FakeRedis, caplog: Any  # noqa: F811
+) -> None:
+    watch = StrandedWatch(create_engine("sqlite:///file:missing?mode=ro&uri=true"), redis,
+                          app.config["TRUSTCARD_SETTINGS"])
+    with caplog.at_level(logging.WARNING, "trustcard.api.stranded_watch"):
+        assert watch.run_once() == []
+        assert watch.run_once() == []
+    warned = [record.getMessage() for record in caplog.records
+              if "stranded-analysis check skipped, the database failed" in record.getMessage()]
+    assert len(warned) == 1, f"said once while it repeats: {caplog.text}"
+    assert redis.keys("trustcard:settling:*") == [], "the lock is given back"
+
+
+def test_the_web_processes_check_runs_in_its_own_thread_at_start_and_again(
+    app: Flask, redis: fakeredis.FakeRedis  # noqa: F811
+) -> None:
+    _stranded(app)
+    watch = _watch(app, redis)
+    watch.start(interval=0.05)
+    try:
+        wait_until(lambda: len(_queued_ids(redis)) == 1, 10, "the check at start")
+        _stranded(app, "https://www.instagram.com/p/Cx2/")
+        wait_until(lambda: len(_queued_ids(redis)) == 2, 10, "the next round")
+    finally:
+        watch.stop()
+    assert watch._thread is not None and not watch._thread.is_alive()
+
+
+def test_a_worker_supervisors_periodic_checks_import_no_database_layer() -> None:
+    """The supervisor stays lean (about 23 MB of SQLAlchemy and the models a worker, before
+    this check moved to the web) and its loop never waits on a database: a fresh interpreter
+    runs the Procfile's worker class's checks of abandoned tasks, first round and later ones."""
+    code = (
+        "import sys, time, fakeredis; from rq import Queue; from workers.supervisor import JobProcessSupervisor;"
+        "r = fakeredis.FakeRedis(); w = JobProcessSupervisor([Queue('analysis', connection=r)], connection=r);"
+        "[w._settle_abandoned(time.monotonic() + 60 * n) for n in range(3)];"
+        "print(sorted(m for m in ('sqlalchemy', 'trustcard.models') if m in sys.modules))"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]", ran.stdout
+
+
+def test_the_gunicorn_hook_starts_the_check_only_for_this_service_s_app(app: Flask) -> None:  # noqa: F811
+    """gunicorn.conf.py also serves the benchmark's Celery app, which has no analyses."""
+    assert start_in(lambda environ, start_response: []) is None
+    watch = start_in(app)
+    try:
+        assert watch is not None and app.extensions["trustcard.stranded_watch"] is watch
+    finally:
+        assert watch is not None
+        watch.stop()

@@ -4,7 +4,8 @@ retry between its write and its enqueue, a stage between storing its output and 
 
 Such a stage is enqueued once the row has not changed for `GRACE_SECONDS` (the process that
 wrote it enqueues within milliseconds when it lives), by the job id the row reserved, by
-whichever of the readers and the workers' check claims it first (`stage_jobs.claim`): once.
+whichever of the readers and the web processes' periodic check
+(`trustcard.api.stranded_watch`) claims it first (`stage_jobs.claim`): once.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def queue_if_stranded(connection: Redis, row: Analysis, *, result_ttl: int, fail
 
 
 class StrandedCheck:
-    """The workers' periodic pass over the analyses under way, a batch at a time, for the ones
-    nobody reads (a client waiting for its Callback-URL): an index range read per batch."""
+    """The web processes' periodic pass (`trustcard.api.stranded_watch`) over the analyses
+    under way, a batch at a time, for the ones nobody reads (a client waiting for its
+    Callback-URL): an index range read per batch."""
 
     def __init__(self) -> None:
         self.after: tuple[datetime, str] | None = None

@@ -51,7 +51,6 @@ from workers.supervisor.recording import REDIS_UNAVAILABLE
 from workers.supervisor.scheduler import InProcessScheduler, start_scheduler
 from workers.supervisor.slot import JobSlot, SlotView
 from workers.supervisor.soft_limit import SoftTimeLimit
-from workers.supervisor.stranded import StrandedAnalyses
 
 if TYPE_CHECKING:
     from resource import struct_rusage
@@ -86,9 +85,6 @@ class JobProcessSupervisor(CommandsMixin):
         self._next_abandoned_check = 0.0
         self._taken_seen: dict[str, float] = {}
         """Jobs seen taken and not started, when first seen (`abandoned.put_back_taken`)."""
-        self._stranded = StrandedAnalyses()
-        self._next_stranded_check = time.monotonic() + ABANDONED_CHECK_SECONDS
-        """Where the check of analyses whose next stage was never queued goes on (`stranded`)."""
         self._shutdown_deadline: float | None = None
         self._shutdown_date_written = False
         self._handed_back_seq: int | None = None
@@ -185,11 +181,10 @@ class JobProcessSupervisor(CommandsMixin):
 
     def _settle_abandoned(self, moment: float) -> None:
         """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes;
-        jobs taken and never started put back; analyses whose next stage was never queued, queued."""
+        jobs taken and never started put back. (Analyses whose next stage was never queued are
+        the web's to queue: trustcard/api/stranded_watch.py.)"""
         try:
             settle_abandoned(self, self._taken_seen)
-            if moment >= self._next_stranded_check:  # not on the first round: a worker starts lean and quick
-                self._stranded.run(self)
         except (*REDIS_UNAVAILABLE, RedisError) as error:  # down, out of memory, read-only: next round
             self.log.warning("abandoned-task check skipped, Redis failed (%s)", error)
 
