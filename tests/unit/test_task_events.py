@@ -455,3 +455,20 @@ def test_a_replayed_submission_with_prefer_wait_follows_the_earlier_task(
     again = client.post("/tasks/test/add?x=1&y=2", headers={"Idempotency-Key": "k-1", "Prefer": "wait=5"})
     assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json()["task_id"] == first and again.get_json()["result"] == 3
+
+
+def test_wait_on_a_task_that_has_ended_is_one_plain_read(
+    client: FlaskClient, fake_redis: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No waiter registered and no watch key written: the read that finds it ended answers."""
+    from trustcard.api.event_hub import EventHub
+
+    task_id = submit(client)
+    finish(fake_redis, task_id)
+    registered: list[str] = []
+    register = EventHub.register
+    monkeypatch.setattr(EventHub, "register", lambda hub, tid: registered.append(tid) or register(hub, tid))
+    response = client.get(f"/tasks/{task_id}?wait=10")
+    assert response.status_code == 200 and response.get_json()["status"] == "completed"
+    assert registered == []
+    assert not fake_redis.exists(task_events.watch_key(task_id))

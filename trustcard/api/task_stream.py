@@ -116,8 +116,16 @@ def last_event_id(raw: str | None) -> int | None:
 
 
 def wait_for_end(service: TaskService, hub: EventHub, task_id: str, seconds: float) -> TaskView:
-    """The task's view as soon as it has ended, else after `seconds` as it is then."""
+    """The task's view as soon as it has ended, else after `seconds` as it is then.
+
+    A task that has ended already (a quick one, read back a moment after its submission) is
+    answered from one plain read: no waiter, no watch key written. Otherwise the waiter
+    registers, then the task is read again, watched: an end between the two reads is seen by
+    the second, and one after it is announced."""
     deadline = time.monotonic() + seconds
+    view = service.get(task_id)
+    if has_ended(view):
+        return view
     with hub.waiting(task_id) as waiter:
         return wait_on(service, waiter, service.get(task_id, watch_seconds=watch_for(seconds)), deadline)
 
