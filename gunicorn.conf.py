@@ -63,6 +63,9 @@ def post_fork(server: object, worker: object) -> None:
 def post_worker_init(worker: object) -> None:
     """Each web process runs the check of analyses nobody reads whose next stage was never
     queued (trustcard/api/stranded_watch.py), on the app it just loaded."""
+    app = getattr(worker, "wsgi", None)
+    if "trustcard.engine" not in getattr(app, "extensions", {}):
+        return  # another WSGI app on these settings (the benchmark's Celery app): nothing to check
     from trustcard.api.stranded_watch import start_in
 
-    start_in(getattr(worker, "wsgi", None))
+    start_in(app)

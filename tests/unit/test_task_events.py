@@ -275,7 +275,8 @@ def test_wait_answers_at_its_deadline(client: FlaskClient, fake_redis: fakeredis
     response = client.get(f"/tasks/{task_id}?wait=0.5")
     assert 0.5 <= time.monotonic() - started < 1.5
     assert response.get_json()["status"] == "pending"
-    # Watched from its first read for the wait and a margin (trustcard.task_events).
+    # Watched from its watched read (after its waiter registered) for the wait and a margin
+    # (trustcard.task_events).
     assert 0 < fake_redis.pttl(task_events.watch_key(task_id)) <= 5500
 
 

@@ -5,7 +5,7 @@ job enqueues the next one itself once its own output is stored (`workers.analysi
 The row reserves each job's id before it is enqueued, so a process that dies in between
 leaves a stage that reads pending with no job: the repairs (`trustcard.analyses.stranded`)
 enqueue it then. Whoever enqueues a stage's job first claims its id (`claim`): of the
-submitter, a stage handing on, readers and the workers' check, one enqueues it.
+submitter, a stage handing on, readers and the web processes' check, one enqueues it.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import select, tuple_
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from trustcard.analyses.stage_jobs import claim, enqueue_stage
@@ -85,6 +87,8 @@ class StrandedCheck:
 
     def __init__(self) -> None:
         self.after: tuple[datetime, str] | None = None
+        self._unreadable: set[str] = set()
+        """Rows said to be unreadable already (each said once per process)."""
 
     def run(self, engine: Engine, connection: Redis, *, result_ttl: int, failure_ttl: int) -> list[str]:
         """One batch; returns the ids of the analyses whose stage it queued."""
@@ -95,5 +99,18 @@ class StrandedCheck:
         with Session(engine, expire_on_commit=False) as session:
             rows = list(session.scalars(query))
         self.after = (rows[-1].created_at, rows[-1].id) if len(rows) == CHECK_BATCH else None
-        return [row.id for row in rows
-                if queue_if_stranded(connection, row, result_ttl=result_ttl, failure_ttl=failure_ttl)]
+        return [row.id for row in rows if self._queued(connection, row, result_ttl, failure_ttl)]
+
+    def _queued(self, connection: Redis, row: Analysis, result_ttl: int, failure_ttl: int) -> bool:
+        """`queue_if_stranded` for one row; a row it cannot read (its stages malformed, say) is
+        said once and passed over, so the rows after it are still checked. A database or a
+        Redis that fails ends the round (the caller says so)."""
+        try:
+            return queue_if_stranded(connection, row, result_ttl=result_ttl, failure_ttl=failure_ttl)
+        except (SQLAlchemyError, RedisError):
+            raise
+        except Exception:  # noqa: BLE001 - one bad row must not stop the check of the others
+            if row.id not in self._unreadable:
+                self._unreadable.add(row.id)
+                log.exception("analysis %s: the stranded-stage check cannot read its row; passed over", row.id)
+            return False

@@ -66,14 +66,17 @@ class StrandedWatch:
             self._skipped(f"the database failed ({_first_line(error)})")
         except (*REDIS_UNAVAILABLE, RedisError) as error:
             self._skipped(f"Redis failed ({_first_line(error)})")
+        except Exception as error:  # noqa: BLE001 - the thread must outlive any one round
+            self._skipped(f"it failed ({type(error).__name__}: {_first_line(error)})", traceback=True)
         else:
             self._last_failure = None
             return queued
         return []
 
-    def _skipped(self, why: str) -> None:
-        level = logging.DEBUG if why == self._last_failure else logging.WARNING
-        log.log(level, "stranded-analysis check skipped, %s", why)
+    def _skipped(self, why: str, traceback: bool = False) -> None:
+        repeated = why == self._last_failure
+        log.log(logging.DEBUG if repeated else logging.WARNING, "stranded-analysis check skipped, %s", why,
+                exc_info=traceback and not repeated)
         self._last_failure = why
 
     def start(self, interval: float = CHECK_SECONDS) -> None:
@@ -89,10 +92,7 @@ class StrandedWatch:
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - the thread must outlive any one round
-                log.exception("stranded-analysis check failed")
+            self.run_once()
             self._stop.wait(interval)
 
 

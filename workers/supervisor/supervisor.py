@@ -175,11 +175,11 @@ class JobProcessSupervisor(CommandsMixin):
             self.scheduler.tick(moment)
         if moment >= self._next_abandoned_check:
             self._next_abandoned_check = moment + ABANDONED_CHECK_SECONDS
-            self._settle_abandoned(moment)
+            self._settle_abandoned()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()
 
-    def _settle_abandoned(self, moment: float) -> None:
+    def _settle_abandoned(self) -> None:
         """Tasks of vanished workers on our queues: failed or retried now, not in 10 minutes;
         jobs taken and never started put back. (Analyses whose next stage was never queued are
         the web's to queue: trustcard/api/stranded_watch.py.)"""
