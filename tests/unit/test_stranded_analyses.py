@@ -4,10 +4,12 @@ by the web processes' periodic check. On fakeredis and SQLite."""
 from __future__ import annotations
 
 import logging
+import runpy
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import fakeredis
@@ -25,6 +27,7 @@ from trustcard.analyses import records, stranded
 from trustcard.analyses.stage_jobs import claim, new_job_id
 from trustcard.analyses.stages import stages
 from trustcard.analyses.stranded import GRACE_SECONDS, StrandedCheck
+from trustcard.api import stranded_watch
 from trustcard.api.stranded_watch import LOCK_NAME, StrandedWatch, start_in
 from trustcard.analyses.urls import parse_post_url
 from trustcard.models import Analysis
@@ -209,14 +212,26 @@ def test_a_worker_supervisors_periodic_checks_import_no_database_layer() -> None
     assert ran.stdout.strip() == "[]", ran.stdout
 
 
-def test_the_gunicorn_hook_starts_the_check_only_for_this_service_s_app(app: Flask) -> None:  # noqa: F811
-    """gunicorn.conf.py also serves the benchmark's Celery app, which has no analyses."""
-    assert start_in(lambda environ, start_response: []) is None
+def test_the_gunicorn_hook_starts_the_check_only_for_this_service_s_app(
+    app: Flask, monkeypatch: Any  # noqa: F811
+) -> None:
+    """gunicorn.conf.py's `post_worker_init` also runs for the benchmark's Celery app, which
+    has no analyses: that one is left alone (and the check's module not even imported)."""
+    hooks = runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
+    started: list[Flask] = []
+    monkeypatch.setattr(stranded_watch, "start_in", started.append)
+    hooks["post_worker_init"](SimpleNamespace(wsgi=lambda environ, start_response: []))
+    assert started == []
+    hooks["post_worker_init"](SimpleNamespace(wsgi=app))
+    assert started == [app]
+
+
+def test_the_check_started_in_an_app_is_kept_with_it(app: Flask) -> None:  # noqa: F811
     watch = start_in(app)
     try:
-        assert watch is not None and app.extensions["trustcard.stranded_watch"] is watch
+        assert app.extensions["trustcard.stranded_watch"] is watch
+        assert watch._thread is not None and watch._thread.is_alive()
     finally:
-        assert watch is not None
         watch.stop()
 
 

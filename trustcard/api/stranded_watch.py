@@ -18,7 +18,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from flask import Flask
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -27,6 +26,7 @@ from trustcard.connections import REDIS_UNAVAILABLE
 from trustcard.settling import settling
 
 if TYPE_CHECKING:
+    from flask import Flask
     from redis import Redis
     from sqlalchemy import Engine
 
@@ -96,13 +96,8 @@ class StrandedWatch:
             self._stop.wait(interval)
 
 
-def start_in(app: Flask | object) -> StrandedWatch | None:
-    """Start the check in this web process, on the app's own engine, Redis client and settings;
-    None for another WSGI app served with the same gunicorn settings (the benchmark's Celery app)."""
-    extensions = getattr(app, "extensions", None)
-    if not isinstance(extensions, dict) or "trustcard.engine" not in extensions:
-        return None
-    assert isinstance(app, Flask)
+def start_in(app: Flask) -> StrandedWatch:
+    """Start the check in this web process, on the app's own engine, Redis client and settings."""
     watch = StrandedWatch(app.extensions["trustcard.engine"], app.extensions["trustcard.redis"],
                           app.config["TRUSTCARD_SETTINGS"])
     app.extensions["trustcard.stranded_watch"] = watch
