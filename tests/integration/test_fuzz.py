@@ -10,6 +10,8 @@ shared with scripts/fuzz.py, which runs the same over HTTP against gunicorn and 
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,9 @@ API_KEY = "fuzz-test-key"
 MAX_EXAMPLES = 50
 """Per operation and phase: about 900 requests in all, some seconds on a quiet machine."""
 
-DATABASE_URL = f"sqlite:///{Path(tempfile.mkdtemp(prefix='trustcard-fuzz-')) / 'fuzz.db'}"
+_SCRATCH = Path(tempfile.mkdtemp(prefix="trustcard-fuzz-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)  # made at import, for the schema's app: gone at exit
+DATABASE_URL = f"sqlite:///{_SCRATCH / 'fuzz.db'}"
 """Migrated, because the analysis endpoints read and write their table."""
 upgrade(DATABASE_URL)
 SETTINGS = {"REDIS_URL": REDIS_URL, "DATABASE_URL": DATABASE_URL, "SECRET_KEY": "fuzz", "API_KEY": API_KEY}
